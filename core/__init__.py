@@ -1,0 +1,46 @@
+"""ProtoLabel's engine: few-shot image classification without Qt. The GUI and the CLI use what is exported here."""
+from .backbones import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    ModelFileError,
+    WeightsNotFoundError,
+    available_backbones,
+    create_backbone,
+    load_model_file,
+    save_model_file,
+)
+from .classifier import UNKNOWN_LABEL, Example, FewShotClassifier, Prediction, StateError
+from .device import configure_threads, select_device
+from .embedding import CancelToken, Embedder, Skipped
+from .finetune import FinetuneProgress, FinetuneResult
+from .images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    PreprocessConfig,
+    class_folders,
+    crop,
+    from_bgr,
+    list_images,
+    load_image,
+    preprocess,
+)
+from .labeling import LabelRecord, LabelRun, Progress, SupportRun, add_support_tree, label_paths, write_labels_csv
+from .methods import available_methods, create_method
+from .project import Project, ProjectError, load_project, save_project
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BACKBONE", "Backbone", "ModelFileError", "WeightsNotFoundError", "available_backbones",
+    "create_backbone", "load_model_file", "save_model_file",
+    "UNKNOWN_LABEL", "Example", "FewShotClassifier", "Prediction", "StateError",
+    "configure_threads", "select_device",
+    "CancelToken", "Embedder", "Skipped",
+    "FinetuneProgress", "FinetuneResult",
+    "IMAGE_EXTENSIONS", "ImageError", "PreprocessConfig", "class_folders", "crop", "from_bgr", "list_images",
+    "load_image", "preprocess",
+    "LabelRecord", "LabelRun", "Progress", "SupportRun", "add_support_tree", "label_paths", "write_labels_csv",
+    "available_methods", "create_method",
+    "Project", "ProjectError", "load_project", "save_project",
+    "__version__",
+]

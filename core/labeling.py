@@ -1,0 +1,142 @@
+"""Folder labeling as generators: the CLI draws a progress bar from them, the GUI runs them in a worker.
+
+Every function yields progress objects and finishes by yielding its result; a cancel token is checked
+between batches. Unreadable files are skipped and reported, never raised.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .classifier import FewShotClassifier, Prediction
+from .embedding import CancelToken, Skipped, load_many
+from .images import class_folders, list_images, to_tensor
+
+__all__ = ["Progress", "LabelRecord", "LabelRun", "SupportRun", "add_support_tree", "label_paths", "write_labels_csv"]
+
+
+@dataclass
+class Progress:
+    stage: str  # what is happening, for a progress bar's description
+    done: int
+    total: int
+    skipped: int = 0
+
+
+@dataclass
+class LabelRecord:
+    path: str
+    prediction: Prediction
+    source: str = "predicted"  # predicted | confirmed | support
+
+
+@dataclass
+class LabelRun:
+    records: list[LabelRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+    cancelled: bool = False
+    features: torch.Tensor | None = None  # (N, D) features of the records, for caches and explanations
+
+
+@dataclass
+class SupportRun:
+    added: dict[str, int]  # class -> examples added
+    skipped: list[Skipped] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def add_support_tree(
+    classifier: FewShotClassifier, root: str | os.PathLike, cancel: CancelToken | None = None
+) -> Iterator[Progress | SupportRun]:
+    """One folder per class (any depth; the folder's relative path is the class name) -> support examples."""
+    folders = class_folders(root, min_images=1)
+    if not folders:
+        raise ValueError(f"no class folders with images under '{root}' (expected one folder per class)")
+    total = sum(len(v) for v in folders.values())
+    run = SupportRun({})
+    done = 0
+    yield Progress("embedding examples", 0, total)
+    for name in sorted(folders):
+        for ok, arrays, skipped in load_many(folders[name], classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
+            run.skipped += skipped
+            if arrays:
+                classifier.add_examples(name, arrays, ok)
+                run.added[name] = run.added.get(name, 0) + len(arrays)
+            done += len(ok) + len(skipped)
+            yield Progress("embedding examples", done, total, len(run.skipped))
+            if cancel is not None and cancel.cancelled:
+                run.cancelled = True
+                yield run
+                return
+    yield run
+
+
+def label_paths(
+    classifier: FewShotClassifier,
+    paths: Sequence[str | os.PathLike],
+    transductive: bool = False,
+    cancel: CancelToken | None = None,
+) -> Iterator[Progress | LabelRun]:
+    """Embed and classify files. Inductive: each batch is classified as it arrives. Transductive: all
+    features first, then one joint prediction (the whole folder is known in advance)."""
+    items = [str(p) for p in paths]
+    run = LabelRun([])
+    feats: list[torch.Tensor] = []
+    ok_paths: list[str] = []
+    done = 0
+    yield Progress("labeling", 0, len(items))
+    for ok, arrays, skipped in load_many(items, classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
+        run.skipped += skipped
+        if arrays:
+            f = classifier.embed_tensor(to_tensor(arrays, classifier.embedder.config))
+            feats.append(f)
+            ok_paths += ok
+            if not transductive:
+                run.records += [LabelRecord(p, pred) for p, pred in zip(ok, classifier.predict_features(f))]
+        done += len(ok) + len(skipped)
+        yield Progress("embedding" if transductive else "labeling", done, len(items), len(run.skipped))
+        if cancel is not None and cancel.cancelled:
+            run.cancelled = True
+            break
+    run.features = torch.cat(feats) if feats else torch.zeros(0, classifier.embedder.backbone.feature_dim)
+    if transductive and ok_paths and not run.cancelled:
+        run.records = [LabelRecord(p, pred) for p, pred in zip(ok_paths, classifier.predict_features(run.features, True))]
+    yield run
+
+
+def query_paths(root: str | os.PathLike) -> list[Path]:
+    """All images under a folder (recursive), sorted; a single image file is a one-item list."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"'{root}' is neither a folder nor an image file")
+    return list_images(root)
+
+
+def write_labels_csv(records: Sequence[LabelRecord], out: str | os.PathLike, topk: int = 3) -> None:
+    """CSV: path,label,confidence,similarity,source,top1,top1_confidence,...; written atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        header = ["path", "label", "confidence", "similarity", "source"]
+        for k in range(1, topk + 1):
+            header += [f"top{k}", f"top{k}_confidence"]
+        writer.writerow(header)
+        for r in records:
+            p = r.prediction
+            row = [r.path, p.label, f"{p.probability:.4f}", f"{p.similarity:.4f}", r.source]
+            for k in range(topk):
+                if k < len(p.topk):
+                    row += [p.topk[k][0], f"{p.topk[k][1]:.4f}"]
+                else:
+                    row += ["", ""]
+            writer.writerow(row)
+    os.replace(tmp, out)

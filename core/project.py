@@ -1,0 +1,214 @@
+"""A project is a folder (DESIGN.md):
+
+  project.json           format version, classes (name, colour, key), settings; written atomically
+  classifier.safetensors the support set's embeddings, model-size images, adapted tail, thresholds
+  support/<id>.png       each support example as an image file
+  labels.sqlite          one row per labeled image (WAL mode; every change is one transaction)
+
+Label paths are stored relative to the labeled folder's root (``query_root``), which is stored as given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .classifier import FewShotClassifier, Prediction
+from .embedding import Embedder
+
+__all__ = [
+    "PROJECT_FORMAT_VERSION",
+    "Project",
+    "ProjectError",
+    "LabelStore",
+    "StoredLabel",
+    "atomic_write_text",
+    "class_color",
+    "load_project",
+    "save_project",
+]
+
+PROJECT_FORMAT_VERSION = 1
+PROJECT_FILE = "project.json"
+CLASSIFIER_FILE = "classifier.safetensors"
+LABELS_FILE = "labels.sqlite"
+SUPPORT_DIR = "support"
+
+# Tableau-like colours, distinguishable and readable on photos.
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
+
+
+class ProjectError(ValueError):
+    """A project folder that can't be opened; the message says why."""
+
+
+def class_color(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temporary file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # not supported everywhere (Windows)
+        pass
+
+
+@dataclass
+class StoredLabel:
+    path: str  # relative to the query root
+    label: str
+    confidence: float
+    similarity: float
+    source: str  # predicted | confirmed | support
+    topk: list[tuple[str, float]] = field(default_factory=list)
+
+
+class LabelStore:
+    """labels.sqlite: path -> label. WAL mode; each write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(str(path))
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS labels (path TEXT PRIMARY KEY, label TEXT NOT NULL, confidence REAL,"
+            " similarity REAL, source TEXT NOT NULL, topk TEXT, updated REAL)"
+        )
+        self.db.commit()
+
+    def put_many(self, labels: Iterable[StoredLabel]) -> None:
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(l.path, l.label, l.confidence, l.similarity, l.source, json.dumps(l.topk), now) for l in labels],
+            )
+
+    def all(self) -> list[StoredLabel]:
+        rows = self.db.execute("SELECT path, label, confidence, similarity, source, topk FROM labels ORDER BY path")
+        return [StoredLabel(r[0], r[1], r[2], r[3], r[4], [tuple(x) for x in json.loads(r[5] or "[]")]) for r in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class Project:
+    folder: Path
+    name: str
+    classes: list[dict]  # [{"name", "color", "key"}]
+    query_root: str | None
+    settings: dict
+    classifier: FewShotClassifier
+
+    def labels(self) -> list[StoredLabel]:
+        store = LabelStore(self.folder / LABELS_FILE)
+        try:
+            return store.all()
+        finally:
+            store.close()
+
+    def resolve(self, relative: str) -> Path:
+        """A label path -> a file path under the query root; refuses paths that climb out of it."""
+        if self.query_root is None:
+            raise ProjectError("this project has no labeled folder")
+        return _inside(Path(self.query_root), relative)
+
+
+def _inside(root: Path, relative: str) -> Path:
+    candidate = (root / relative).resolve()
+    if Path(relative).is_absolute() or not candidate.is_relative_to(root.resolve()):
+        raise ProjectError(f"path '{relative}' points outside '{root}'")
+    return candidate
+
+
+def _relative(path: str, root: str | None) -> str:
+    if root is None:
+        return path
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+    except ValueError:  # other drive on Windows
+        return path
+
+
+def save_project(
+    folder: str | os.PathLike,
+    classifier: FewShotClassifier,
+    labels: Sequence[tuple[str, Prediction, str]] = (),
+    query_root: str | os.PathLike | None = None,
+    settings: dict | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write (or update) a project folder. labels: (file path, prediction, source). The project file is
+    written last, so a crash mid-save leaves the previous project.json pointing at complete data."""
+    import cv2
+
+    folder = Path(folder)
+    (folder / SUPPORT_DIR).mkdir(parents=True, exist_ok=True)
+    for ex in classifier.examples.values():
+        target = folder / SUPPORT_DIR / f"{ex.id}.png"
+        if ex.image is not None and not target.exists():
+            cv2.imwrite(str(target), np.ascontiguousarray(ex.image[..., ::-1]))
+    classifier.save(folder / CLASSIFIER_FILE)
+    root = str(Path(query_root).resolve()) if query_root is not None else None
+    if labels:
+        store = LabelStore(folder / LABELS_FILE)
+        try:
+            store.put_many(
+                StoredLabel(_relative(p, root), pred.label, pred.probability, pred.similarity, source, pred.topk)
+                for p, pred, source in labels
+            )
+        finally:
+            store.close()
+    meta = {
+        "format": "protolabel-project",
+        "format_version": PROJECT_FORMAT_VERSION,
+        "name": name or folder.resolve().name,
+        "backbone": classifier.embedder.backbone.name,
+        "classes": [
+            {"name": c, "color": class_color(i), "key": str(i + 1) if i < 9 else None}
+            for i, c in enumerate(classifier.classes)
+        ],
+        "query_root": root,
+        "settings": settings or {},
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(folder / PROJECT_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+    return folder
+
+
+def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:
+    folder = Path(folder)
+    pfile = folder / PROJECT_FILE
+    if not pfile.is_file():
+        raise ProjectError(f"'{folder}' is not a ProtoLabel project (no {PROJECT_FILE})")
+    try:
+        meta = json.loads(pfile.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProjectError(f"'{pfile}' is damaged: {exc}") from exc
+    version = meta.get("format_version")
+    if meta.get("format") != "protolabel-project" or not isinstance(version, int):
+        raise ProjectError(f"'{pfile}' is not a ProtoLabel project file")
+    if version > PROJECT_FORMAT_VERSION:
+        raise ProjectError(f"'{pfile}' comes from a newer ProtoLabel (format {version}; this one reads up to "
+                           f"{PROJECT_FORMAT_VERSION})")
+    classifier = FewShotClassifier.load(folder / CLASSIFIER_FILE, embedder)
+    return Project(folder, meta.get("name", folder.name), meta.get("classes", []), meta.get("query_root"),
+                   meta.get("settings", {}), classifier)

@@ -1,0 +1,83 @@
+"""The embedded backbone: weight mapping proven on real photos, registry, model files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core import PreprocessConfig, WeightsNotFoundError, create_backbone, preprocess
+from core.backbones import ModelFileError, load_model_file, read_model_metadata, save_model_file
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.mark.parametrize("photo, classes", [("chelsea", range(281, 286)), ("coffee", [967])])
+def test_imagenet_head_names_real_photos(backbone, photo, classes):
+    """chelsea is a cat (ImageNet 281-285); coffee is an espresso (967). Proves the lukemelas->timm mapping."""
+    image = getattr(skimage_data, photo)()
+    with torch.inference_mode():
+        logits = backbone.imagenet_logits(preprocess([image], backbone.preprocess_config))
+    probs = logits.softmax(-1)[0]
+    assert int(probs.argmax()) in classes
+    assert float(probs[list(classes)].sum()) > 0.5
+
+
+def test_surface_and_shapes(backbone):
+    x = torch.zeros(2, 3, 224, 224)
+    with torch.inference_mode():
+        maps = backbone.forward_trunk(x)
+        feats = backbone.forward_tail(maps)
+        direct = backbone(x)
+    assert maps.shape == (2, 192, 7, 7)
+    assert feats.shape == (2, backbone.feature_dim) == (2, 1280)
+    assert torch.allclose(feats, direct)
+    assert backbone.preprocess_config.mean == (127.0, 127.0, 127.0)
+    assert backbone.preprocess_config.std == (128.0, 128.0, 128.0)
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(KeyError, match="efficientnet_lite0"):
+        create_backbone("no_such_net")
+
+
+def test_missing_weights_name_the_file_and_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOLABEL_WEIGHTS", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError) as err:
+        create_backbone("torchvision/resnet18")
+    text = str(err.value)
+    assert str(tmp_path / "resnet18.safetensors") in text
+    assert "https://" in text
+
+
+def test_model_file_round_trip(backbone, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model_file(backbone, path, {"note": "test"})
+    meta = read_model_metadata(path)
+    assert meta["backbone"] == "efficientnet_lite0" and meta["note"] == "test"
+    loaded = load_model_file(path)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        a, b = backbone(x), loaded(x)
+    # fp16 storage: features agree closely, not bit for bit.
+    assert torch.nn.functional.cosine_similarity(a, b).item() > 0.999
+    assert path.stat().st_size < 12e6
+
+
+def test_model_file_from_other_format_version_is_refused(backbone, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / "future.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"protolabel": json.dumps(
+        {"format": "protolabel-model", "format_version": 99, "backbone": "efficientnet_lite0"})})
+    with pytest.raises(ModelFileError, match="version 99"):
+        load_model_file(path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        load_model_file(junk)
+
+
+def test_preprocess_config_round_trip():
+    cfg = PreprocessConfig(size=260, fit="crop")
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg

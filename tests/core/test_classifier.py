@@ -1,0 +1,139 @@
+"""The few-shot engine: support management, incremental prototypes, unknowns, fine-tuning, save/load."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from core import UNKNOWN_LABEL, FewShotClassifier, StateError
+from synthetic import SHAPE_CLASSES, draw_shape
+
+
+def _images(kind, n, seed):
+    rng = np.random.default_rng(seed)
+    return [draw_shape(kind, rng) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def shape_images():
+    return {k: _images(k, 12, seed=i) for i, k in enumerate(SHAPE_CLASSES)}
+
+
+@pytest.fixture
+def classifier(embedder, shape_images):
+    clf = FewShotClassifier(embedder)
+    for k in ("circle", "square", "triangle"):
+        clf.add_examples(k, shape_images[k][:4])
+    return clf
+
+
+def test_predictions_on_held_out_shapes(classifier, shape_images):
+    queries = [img for k in ("circle", "square", "triangle") for img in shape_images[k][4:8]]
+    truth = [k for k in ("circle", "square", "triangle") for _ in range(4)]
+    preds = classifier.predict(queries)
+    assert sum(p.best_class == t for p, t in zip(preds, truth)) >= 11
+    for p in preds:
+        assert 0.0 <= p.probability <= 1.0
+        assert len(p.topk) == 3 and p.topk[0][1] >= p.topk[1][1] >= p.topk[2][1]
+        assert abs(sum(prob for _, prob in p.topk) - 1.0) < 1e-4  # 3 classes: top-3 is everything
+        assert -1.0 <= p.similarity <= 1.0 and p.distance == pytest.approx(1 - p.similarity)
+
+
+def test_adding_one_example_embeds_only_that_image(classifier, shape_images, monkeypatch):
+    seen = []
+    original = classifier.embedder.embed_tensor
+
+    def counting(x, with_maps=False):
+        seen.append(x.shape[0])
+        return original(x, with_maps)
+
+    monkeypatch.setattr(classifier.embedder, "embed_tensor", counting)
+    before, names = classifier.prototypes()
+    generation = classifier.generation
+    classifier.add_example("circle", shape_images["circle"][10])
+    after, _ = classifier.prototypes()
+    assert seen == [1]  # one forward pass, for the new image only
+    assert classifier.generation > generation
+    changed = [names[i] for i in range(len(names)) if not torch.allclose(before[i], after[i])]
+    assert changed == ["circle"]  # latency is measured by `make bench`, not here
+
+
+def test_class_management(classifier):
+    classifier.rename_class("square", "box")
+    assert classifier.classes == ["circle", "box", "triangle"]
+    assert len(classifier.examples_of("box")) == 4
+    with pytest.raises(ValueError):
+        classifier.rename_class("box", "circle")
+    with pytest.raises(ValueError):
+        classifier.add_class(UNKNOWN_LABEL)
+    ex = classifier.examples_of("box")[0]
+    classifier.remove_example(ex.id)
+    assert len(classifier.examples_of("box")) == 3
+    classifier.remove_class("box")
+    assert classifier.classes == ["circle", "triangle"]
+    assert all(e.class_name != "box" for e in classifier.examples.values())
+    assert {p.best_class for p in classifier.predict_features(torch.stack([e.feature for e in classifier.examples.values()]))} <= {"circle", "triangle"}
+
+
+def test_unknown_rejects_images_far_from_every_class(classifier, shape_images):
+    skimage_data = pytest.importorskip("skimage.data")
+    for k in ("circle", "square", "triangle"):
+        classifier.add_examples(k, shape_images[k][4:8])  # 8 per class: per-class thresholds from leave-one-out
+    photos = [skimage_data.astronaut(), skimage_data.coffee(), skimage_data.chelsea(), skimage_data.rocket()]
+    far = classifier.predict(photos)
+    near = classifier.predict([img for k in ("circle", "square", "triangle") for img in shape_images[k][8:12]])
+    assert all(p.is_unknown for p in far), [(p.best_class, p.similarity) for p in far]
+    assert sum(p.is_unknown for p in near) <= 1
+    # Overrides: off never says unknown; a threshold of 0.99 rejects nearly everything.
+    classifier.unknown = "off"
+    assert not any(p.is_unknown for p in classifier.predict(photos))
+    classifier.unknown = 0.999
+    assert all(p.is_unknown for p in classifier.predict(photos))
+
+
+def test_finetune_stays_inside_its_budget_and_can_be_cancelled(classifier):
+    steps = []
+    t0 = time.perf_counter()
+    result = classifier.finetune(budget_s=1.0, max_steps=10_000, lr=1e-3, progress=lambda p: steps.append(p.step))
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0 + 1.0  # at most one step past the budget (a step here is ~0.1 s)
+    assert result.steps == len(steps) and result.steps >= 1
+    assert classifier.adapted_tail is not None
+    before = classifier.generation
+    cancelled = classifier.finetune(budget_s=5.0, lr=1e-3, cancel=lambda: True)
+    assert cancelled.cancelled and classifier.generation == before
+    classifier.reset_finetune()
+    assert classifier.adapted_tail is None
+
+
+def test_save_load_round_trip(classifier, shape_images, embedder, tmp_path):
+    classifier.finetune(budget_s=2.0, max_steps=5, lr=1e-3)
+    classifier.unknown = 0.4
+    path = tmp_path / "state.safetensors"
+    classifier.save(path)
+    loaded = FewShotClassifier.load(path, embedder)
+    assert loaded.classes == classifier.classes
+    assert set(loaded.examples) == set(classifier.examples)
+    assert loaded.unknown == 0.4 and loaded.adapted_tail is not None
+    queries = [shape_images["circle"][11], shape_images["triangle"][11]]
+    a, b = classifier.predict(queries), loaded.predict(queries)
+    assert [p.label for p in a] == [p.label for p in b]
+    assert [p.probability for p in a] == pytest.approx([p.probability for p in b], abs=1e-4)
+
+
+def test_state_from_newer_version_or_garbage_is_refused(classifier, embedder, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    newer = tmp_path / "newer.safetensors"
+    save_file({"features": torch.zeros(1, 1280)}, str(newer), metadata={"protolabel": json.dumps(
+        {"format": "protolabel-classifier", "format_version": 999, "backbone": "efficientnet_lite0"})})
+    with pytest.raises(StateError, match="newer"):
+        FewShotClassifier.load(newer, embedder)
+    pickle_file = tmp_path / "evil.safetensors"
+    pickle_file.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n" * 4)
+    with pytest.raises(StateError):
+        FewShotClassifier.load(pickle_file, embedder)
