@@ -7,6 +7,10 @@ Every backbone has the same surface (timm style):
   - ``preprocess_config``: how images must be prepared for it (size, normalisation)
   - ``feature_dim``: D
 
+Features are multi-level: the pooled output of the tail and the pooled trunk map, each power-transformed
+(square root) and L2-normalised, then concatenated. On openclipart (tuning episodes, seed 100) this
+took 5-way 1-shot from 55.6% to 58.1% over the tail's pooled output alone (README has the table).
+
 Special cases (weight-name mapping, where the weights live) stay in the factory functions here.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .images import PreprocessConfig
@@ -50,12 +55,15 @@ class Backbone(nn.Module):
         feature_dim: int,
         preprocess_config: PreprocessConfig,
         classifier: nn.Module | None = None,
+        trunk_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.trunk = trunk
         self.tail = tail
-        self.feature_dim = feature_dim
+        self.head_dim = feature_dim
+        self.trunk_channels = trunk_channels  # None: features are the tail's pooled output only
+        self.feature_dim = feature_dim + (trunk_channels or 0)
         self.preprocess_config = preprocess_config
         # ImageNet head, kept only to prove the weights are mapped right; not used for few-shot work.
         self.classifier = classifier
@@ -65,9 +73,15 @@ class Backbone(nn.Module):
         """(B, 3, S, S) -> (B, C, h, w)"""
         return self.trunk(x)
 
-    def forward_tail(self, m: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, D) pooled features"""
-        return self.pool(self.tail(m)).flatten(1)
+    def forward_tail(self, m: torch.Tensor, tail: nn.Module | None = None) -> torch.Tensor:
+        """(B, C, h, w) trunk maps -> (B, D) features, through `tail` (an adapted copy) or the own tail."""
+        top = self.pool((tail if tail is not None else self.tail)(m)).flatten(1)
+        if self.trunk_channels is None:
+            return top
+        mid = self.pool(m).flatten(1)
+        # +1e-6 keeps the square root's gradient finite at 0 (fine-tuning backpropagates through it).
+        return torch.cat([F.normalize((top.clamp(min=0) + 1e-6).sqrt(), dim=-1),
+                          F.normalize((mid.clamp(min=0) + 1e-6).sqrt(), dim=-1)], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, D)"""
@@ -77,7 +91,7 @@ class Backbone(nn.Module):
         """(B, 3, S, S) -> (B, 1000); only for backbones that kept their ImageNet classifier."""
         if self.classifier is None:
             raise RuntimeError(f"backbone {self.name} has no ImageNet classifier")
-        return self.classifier(self.forward(x))
+        return self.classifier(self.pool(self.tail(self.forward_trunk(x))).flatten(1))
 
 
 @dataclass(frozen=True)
@@ -225,7 +239,8 @@ def _build_lite(arch: str, package: str, size: int, weights: Path | None) -> Bac
     # Split before the last block stage: fine-tuning adapts stage 6 and the 1x1 head conv (7x7 maps, cheap).
     trunk, tail = _efficientnet_parts(model, split_stage=len(model.blocks) - 1)
     config = PreprocessConfig(size=size, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
-    return Backbone(arch, trunk, tail, model.num_features, config, classifier=model.classifier)
+    trunk_channels = model.blocks[-2][-1].conv_pwl.out_channels
+    return Backbone(arch, trunk, tail, model.num_features, config, model.classifier, trunk_channels)
 
 
 @register_backbone(

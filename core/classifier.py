@@ -334,7 +334,7 @@ class FewShotClassifier:
         backbone = self.embedder.backbone
 
         def run(device: torch.device) -> FinetuneResult:
-            return finetune_tail(backbone.tail, backbone.pool, maps, labels, len(used), budget_s=budget_s,
+            return finetune_tail(backbone, maps, labels, len(used), budget_s=budget_s,
                                  max_steps=max_steps, lr=lr, device=device, seed=seed, progress=progress, cancel=cancel)
 
         result = self.embedder._run(run)  # OOM on the GPU falls back to the CPU

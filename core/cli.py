@@ -26,12 +26,26 @@ def _unknown_arg(text: str) -> str | float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("s") else "s"))
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="FILE", help="a ProtoLabel model file (default: the embedded model)")
     p.add_argument("--backbone", default=None, help="registered backbone name (see `protolabel backbones`)")
     p.add_argument("--weights", metavar="FILE", help="weights for --backbone when they are not embedded")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,19 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", type=float, default=0.0, metavar="SECONDS", help="test-time fine-tuning budget")
     p.add_argument("--transductive", action="store_true", help="use the whole query folder to refine prototypes")
     p.add_argument("--unknown", type=_unknown_arg, default="auto", help="auto | off | similarity threshold")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--topk", type=_positive_int, default=3)
     p.add_argument("--save-project", metavar="DIR", help="also save the session as a project folder")
     _add_model_args(p)
 
     p = sub.add_parser("evaluate", help="few-shot accuracy over the class folders under ROOT")
     p.add_argument("root", metavar="ROOT")
-    p.add_argument("--way", type=int, default=5)
-    p.add_argument("--shot", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--query", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--min-images", type=int, default=10)
+    p.add_argument("--way", type=_positive_int, default=5)
+    p.add_argument("--shot", type=_positive_int, nargs="+", default=[1, 5])
+    p.add_argument("--query", type=_positive_int, default=15)
+    p.add_argument("--episodes", type=_positive_int, default=600)
+    p.add_argument("--min-images", type=_positive_int, default=10)
     p.add_argument("--finetune", type=float, default=0.0, metavar="SECONDS", help="fine-tuning budget per episode")
-    p.add_argument("--finetune-steps", type=int, default=40)
+    p.add_argument("--finetune-steps", type=_positive_int, default=40)
     p.add_argument("--transductive", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
@@ -68,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a headless demo on real images: learn 5 classes from 5 examples each")
     p.add_argument("--root", default="/usr/share/openclipart/png", help="folder tree with one folder per class")
     p.add_argument("--out", default="protolabel-demo", metavar="DIR")
-    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--shots", type=_positive_int, default=5)
     p.add_argument("--seed", type=int, default=0)
     _add_model_args(p)
 
@@ -174,6 +188,7 @@ def cmd_label(args) -> int:
     from .embedding import CancelToken
     from .labeling import LabelRun, SupportRun, add_support_tree, label_paths, query_paths, write_labels_csv
 
+    paths = query_paths(args.query)  # a typo in --query fails before the support is embedded
     embedder = _make_embedder(args)
     classifier = FewShotClassifier(embedder, unknown=args.unknown, topk=args.topk)
     token = CancelToken()
@@ -188,15 +203,15 @@ def cmd_label(args) -> int:
             _print_skipped(support.skipped)
             return 2
         n_ex = sum(support.added.values())
-        print(f"support: {len(support.added)} classes, {n_ex} examples"
-              + (f", {len(support.skipped)} unreadable files skipped" if support.skipped else ""), file=sys.stderr)
+        print(f"support: {_plural(len(support.added), 'class')}, {_plural(n_ex, 'example')}"
+              + (f", {_plural(len(support.skipped), 'unreadable file')} skipped" if support.skipped else ""),
+              file=sys.stderr)
         _print_skipped(support.skipped)
         if args.finetune > 0:
             if len(support.added) >= 2:
                 _finetune(classifier, args.finetune)
             else:
                 print("fine-tuning skipped: it needs at least two classes", file=sys.stderr)
-        paths = query_paths(args.query)
         t0 = time.perf_counter()
         run = _progress(label_paths(classifier, paths, transductive=args.transductive, cancel=token), "labeling")
         assert isinstance(run, LabelRun)

@@ -161,7 +161,7 @@ class Embedder:
             with torch.inference_mode(), autocast(device):
                 for i in range(0, maps.shape[0], 256):
                     m = maps[i : i + 256].to(device).float()
-                    out.append(self.backbone.pool(tail(m)).flatten(1).float().cpu())
+                    out.append(self.backbone.forward_tail(m, tail).float().cpu())
             return torch.cat(out) if out else torch.zeros(0, self.backbone.feature_dim)
 
         return self._run(run)  # type: ignore[return-value]
@@ -198,7 +198,7 @@ class Embedder:
 
     def model_key(self) -> str:
         """Identifies backbone weights + preprocessing, for caches: sha1 of the tail + trunk parameters."""
-        h = hashlib.sha1(self.backbone.name.encode())
+        h = hashlib.sha1(f"{self.backbone.name}:{self.backbone.feature_dim}".encode())
         h.update(repr(self.config.to_dict()).encode())
         for p in list(self.backbone.parameters())[::7]:
             h.update(p.detach().float().cpu().numpy().tobytes()[:4096])

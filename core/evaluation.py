@@ -78,22 +78,43 @@ class _DiskCache:
             except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
                 self.index, self.features, self.maps = {}, None, None
 
-    def get(self, path: str, need_maps: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def get(self, path: str, need_maps: bool) -> tuple[torch.Tensor, torch.Tensor | None] | str | None:
+        """-> (feature, map), the reason a file was unreadable last time (str), or None (not cached)."""
         entry = self.index.get(path)
-        if entry is None or self.features is None:
+        if entry is None:
             return None
         try:
             if entry[0] != _stamp(path):
                 return None
         except OSError:
             return None
+        if entry[1] < 0:
+            return str(entry[2]) if len(entry) > 2 else "unreadable"
+        if self.features is None:
+            return None
         if need_maps and self.maps is None:
             return None
         row = entry[1]
         return self.features[row], (self.maps[row] if self.maps is not None else None)
 
-    def save(self, paths: list[str], features: torch.Tensor, maps: torch.Tensor | None) -> None:
+    def save(self, paths: list[str], features: torch.Tensor, maps: torch.Tensor | None, bad: list[Skipped]) -> None:
+        """Write these rows plus every still-valid cached row of other files (other folders stay cached)."""
         from safetensors.torch import save_file
+
+        if self.features is not None and self.maps is None and maps is not None and not all(
+            isinstance(self.get(p, False), str) for p in self.index if p not in set(paths)
+        ):
+            maps = None  # keep the older rows (they have no maps) rather than the new maps
+        if self.features is not None and (maps is None) == (self.maps is None):
+            fresh = set(paths)
+            keep = [(p, e[1]) for p, e in self.index.items()
+                    if p not in fresh and e[1] >= 0 and isinstance(self.get(p, maps is not None), tuple)]
+            if keep:
+                rows = torch.as_tensor([r for _, r in keep])
+                paths = paths + [p for p, _ in keep]
+                features = torch.cat([features, self.features[rows]])
+                if maps is not None and self.maps is not None:
+                    maps = torch.cat([maps, self.maps[rows]])
 
         self.tensors_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"features": features.contiguous()}
@@ -103,6 +124,11 @@ class _DiskCache:
         for row, p in enumerate(paths):
             try:
                 index[p] = [_stamp(p), row]
+            except OSError:
+                continue
+        for skip in bad:  # remembered, so a huge unreadable file is not decoded again on every run
+            try:
+                index[skip.path] = [_stamp(skip.path), -1, skip.reason]
             except OSError:
                 continue
         tmp = self.tensors_path.with_suffix(".tmp")
@@ -121,7 +147,10 @@ def build_feature_table(
     cache_dir: Path | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[EmbedProgress | FeatureTable]:
-    """Yields EmbedProgress while embedding, then the FeatureTable. Cached files are not decoded again."""
+    """Yields EmbedProgress while embedding, then the FeatureTable. Cached files are not decoded again.
+    Trunk maps are always cached (so a later fine-tuned evaluation finds them); `with_maps` says whether
+    the table carries them."""
+    want_maps, with_maps = with_maps, True
     folders = class_folders(root, min_images=min_images)
     class_names = sorted(folders)
     paths = [str(p) for name in class_names for p in folders[name]]
@@ -130,15 +159,17 @@ def build_feature_table(
     feats: dict[str, torch.Tensor] = {}
     maps: dict[str, torch.Tensor | None] = {}
     todo = []
+    skipped: list[Skipped] = []
     for p in paths:
-        hit = cache.get(p, with_maps) if cache else None
+        hit = cache.get(p, want_maps) if cache else None
         if hit is None:
             todo.append(p)
+        elif isinstance(hit, str):
+            skipped.append(Skipped(p, hit))
         else:
             feats[p], maps[p] = hit
-    skipped: list[Skipped] = []
     done = len(paths) - len(todo)
-    yield EmbedProgress(done, len(paths), 0)
+    yield EmbedProgress(done, len(paths), len(skipped))
     for batch in embedder.embed_paths(todo, with_maps=with_maps, cancel=cancel):
         for i, p in enumerate(batch.paths):
             feats[p] = batch.features[i]
@@ -153,8 +184,9 @@ def build_feature_table(
     features = torch.stack([feats[p] for p in ok_paths]) if ok_paths else torch.zeros(0, embedder.backbone.feature_dim)
     map_tensor = torch.stack([maps[p] for p in ok_paths]) if with_maps and ok_paths else None  # type: ignore[misc]
     if cache is not None and todo and ok_paths:
-        cache.save(ok_paths, features, map_tensor)
-    yield FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features, map_tensor, skipped)
+        cache.save(ok_paths, features, map_tensor, [s for s in skipped if s.path in set(todo)])
+    yield FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features,
+                       map_tensor if want_maps else None, skipped)
 
 
 @dataclass
@@ -195,6 +227,8 @@ def evaluate(
     """Yields EpisodeProgress, then {shot: EvalResult}. The episode list depends only on (seed, shot),
     so every mode sees the same episodes. Adaptation time: from cached features to query predictions
     (fine-tuning and re-running the tail included when fine-tuning)."""
+    if min(shots, default=0) < 1 or query < 1 or episodes < 1 or way < 2:
+        raise ValueError("evaluate needs --way >= 2 and --shot, --query, --episodes >= 1")
     if finetune_s > 0 and (embedder is None or table.maps is None):
         raise ValueError("fine-tuned evaluation needs the embedder and trunk maps")
     items = table.items_per_class()
@@ -215,7 +249,7 @@ def evaluate(
             t0 = time.perf_counter()
             if finetune_s > 0:
                 assert embedder is not None and table.maps is not None
-                res = finetune_tail(embedder.backbone.tail, embedder.backbone.pool, table.maps[s_idx], s_lab, way,
+                res = finetune_tail(embedder.backbone, table.maps[s_idx], s_lab, way,
                                     budget_s=finetune_s, max_steps=finetune_steps, device=embedder.device, seed=e)
                 if res.tail_state is not None:
                     import copy

@@ -74,14 +74,14 @@ def augment_maps(maps: torch.Tensor, generator: torch.Generator | None = None, d
 class _TailHead(nn.Module):
     """Adapted tail + learnable log logit scale; computes features (B, D) from trunk maps."""
 
-    def __init__(self, tail: nn.Module, pool: nn.Module) -> None:
+    def __init__(self, tail: nn.Module, features: Callable[[torch.Tensor, nn.Module], torch.Tensor]) -> None:
         super().__init__()
         self.tail = tail
-        self.pool = pool
+        self.features = features
         self.log_scale = nn.Parameter(torch.tensor(math.log(DEFAULT_SCALE)))
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.tail(maps)).flatten(1)
+        return self.features(maps, self.tail)
 
 
 def _logits(head: _TailHead, maps: torch.Tensor, aug: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -139,8 +139,7 @@ def _accuracy(head: _TailHead, train_maps, train_labels, val_maps, val_labels, n
 
 
 def finetune_tail(
-    tail: nn.Module,
-    pool: nn.Module,
+    backbone: nn.Module,
     maps: torch.Tensor,
     labels: torch.Tensor,
     n_classes: int | None = None,
@@ -155,12 +154,14 @@ def finetune_tail(
 ) -> FinetuneResult:
     """Adapt a copy of `tail` to the support.
 
-    tail, pool: the backbone's tail module and pooling (left untouched; a copy is trained).
+    backbone: a core.backbones.Backbone; its tail is left untouched, a copy is trained.
     maps (N, C, h, w): the support's trunk feature maps; labels (N,) in [0, C).
     Returns the adapted tail's weights (or None when lr = 0 won the cross-validation or nothing ran).
-    Never runs past `budget_s` by more than one step; `cancel()` is checked before every step.
+    Stops at `budget_s`; each phase (learning-rate trials, final training) runs at least one step, so a tiny
+    budget overshoots by a few steps at most. `cancel()` is checked before every step.
     """
     start = time.perf_counter()
+    tail = backbone.tail
     device = torch.device(device)
     cancel = cancel or (lambda: False)
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
@@ -171,7 +172,7 @@ def finetune_tail(
     deadline = start + budget_s
 
     def make_head() -> _TailHead:
-        head = _TailHead(copy.deepcopy(tail), pool).to(device).eval()
+        head = _TailHead(copy.deepcopy(tail), backbone.forward_tail).to(device).eval()
         for p in head.parameters():
             p.requires_grad_(True)
         return head
@@ -202,6 +203,8 @@ def finetune_tail(
         baseline = make_head()
         lr_scores[0.0] = _accuracy(baseline, tr_m, tr_l, va_m, va_l, n_classes)
         for i, candidate in enumerate(LR_GRID):
+            if i > 0 and time.perf_counter() >= search_deadline:
+                break  # out of search time: decide among the rates tried
             head = make_head()
             per_lr_deadline = time.perf_counter() + max(0.0, search_deadline - time.perf_counter()) / (len(LR_GRID) - i)
             _, stopped = _train(head, tr_m, tr_l, n_classes, candidate, search_steps, per_lr_deadline, device, gen,

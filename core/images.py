@@ -13,11 +13,13 @@ queries, the CLI and export all go through it, so they cannot drift apart.
 
 from __future__ import annotations
 
+
 import io
 import math
 import numbers
 import os
 import stat
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -51,6 +53,8 @@ MAX_PIXELS = 400_000_000
 # Our own check in load_image is the gate; PIL's is a backstop that must not fire below our limit
 # (it warns above MAX_IMAGE_PIXELS and raises above twice that).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Our own check (below) refuses with a clear message; PIL's warning between the limits is only noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _STRIP_PIXELS = 1 << 20  # pixels converted/reduced per strip: bounds the transient copies (~16 MB)
 

@@ -110,7 +110,7 @@ class TransductivePrototypes(PrototypeClassifier):
         self,
         scale: float = DEFAULT_SCALE,
         center: torch.Tensor | None = None,
-        iterations: int = 10,
+        iterations: int = 3,
         assign_scale: float = 10.0,
         query_weight: float = 1.0,
     ) -> None:

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .classifier import FewShotClassifier, Prediction
+from .classifier import FewShotClassifier, Prediction, StateError
 from .embedding import Embedder
 
 __all__ = [
@@ -167,6 +167,10 @@ def save_project(
         if ex.image is not None and not target.exists():
             cv2.imwrite(str(target), np.ascontiguousarray(ex.image[..., ::-1]))
     classifier.save(folder / CLASSIFIER_FILE)
+    # Examples removed since the last save: their image files go too (after the classifier no longer names them).
+    for png in (folder / SUPPORT_DIR).glob("*.png"):
+        if png.stem not in classifier.examples:
+            png.unlink(missing_ok=True)
     root = str(Path(query_root).resolve()) if query_root is not None else None
     if labels:
         store = LabelStore(folder / LABELS_FILE)
@@ -203,12 +207,17 @@ def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:
         meta = json.loads(pfile.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ProjectError(f"'{pfile}' is damaged: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ProjectError(f"'{pfile}' is not a ProtoLabel project file")
     version = meta.get("format_version")
-    if meta.get("format") != "protolabel-project" or not isinstance(version, int):
+    if meta.get("format") != "protolabel-project" or not isinstance(version, int) or isinstance(version, bool):
         raise ProjectError(f"'{pfile}' is not a ProtoLabel project file")
     if version > PROJECT_FORMAT_VERSION:
         raise ProjectError(f"'{pfile}' comes from a newer ProtoLabel (format {version}; this one reads up to "
                            f"{PROJECT_FORMAT_VERSION})")
-    classifier = FewShotClassifier.load(folder / CLASSIFIER_FILE, embedder)
+    try:
+        classifier = FewShotClassifier.load(folder / CLASSIFIER_FILE, embedder)
+    except StateError as exc:
+        raise ProjectError(f"the classifier of project '{folder}' can't be loaded: {exc}") from exc
     return Project(folder, meta.get("name", folder.name), meta.get("classes", []), meta.get("query_root"),
                    meta.get("settings", {}), classifier)

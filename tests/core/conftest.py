@@ -56,3 +56,20 @@ def bad_image_dir(tmp_path: Path) -> Path:
     (d / "bomb.png").write_bytes(png_header_only(100_000, 100_000))  # 10000 MP: PIL's backstop fires first
     (d / "over_limit.png").write_bytes(png_header_only(20_001, 20_000))  # 400.02 MP: only our check catches it
     return d
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's model work on one torch thread (PROTOLABEL_THREADS too, for the CLI's configure_threads).
+
+    Small batches gain little from a second thread, and on a busy 2-core machine intra-op threads that wait
+    for each other make embedding ~4x and tiny ops (index_add_, softmax) ~100x slower. Restored afterwards.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROTOLABEL_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)

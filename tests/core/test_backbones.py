@@ -28,7 +28,7 @@ def test_surface_and_shapes(backbone):
         feats = backbone.forward_tail(maps)
         direct = backbone(x)
     assert maps.shape == (2, 192, 7, 7)
-    assert feats.shape == (2, backbone.feature_dim) == (2, 1280)
+    assert feats.shape == (2, backbone.feature_dim) == (2, 1280 + 192)  # tail output + pooled trunk map
     assert torch.allclose(feats, direct)
     assert backbone.preprocess_config.mean == (127.0, 127.0, 127.0)
     assert backbone.preprocess_config.std == (128.0, 128.0, 128.0)
