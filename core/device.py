@@ -4,13 +4,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Callable, Iterator, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -57,31 +54,3 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-@contextlib.contextmanager
-def no_grad_inference() -> Iterator[None]:
-    with torch.inference_mode():
-        yield
-
-
-def run_with_cpu_fallback(
-    fn: Callable[[torch.device], T],
-    device: torch.device,
-    on_fallback: Callable[[str], None] | None = None,
-) -> tuple[T, torch.device]:
-    """Run fn(device); on a CUDA/MPS out-of-memory error free the cache, report why, and rerun on the CPU.
-    Returns (result, device that produced it)."""
-    try:
-        return fn(device), device
-    except Exception as exc:  # noqa: BLE001 - we re-raise everything that is not OOM
-        if device.type == "cpu" or not is_out_of_memory(exc):
-            raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        message = f"{device.type.upper()} ran out of memory ({str(exc).splitlines()[0]}); continuing on the CPU"
-        log.warning(message)
-        if on_fallback is not None:
-            on_fallback(message)
-        cpu = torch.device("cpu")
-        return fn(cpu), cpu

@@ -126,7 +126,8 @@ class Embedder:
             self.on_message(msg)
         self._to_device(torch.device("cpu"))
 
-    def _run(self, fn: Callable[[torch.device], torch.Tensor | tuple]) -> torch.Tensor | tuple:
+    def run_with_fallback(self, fn: Callable[[torch.device], torch.Tensor | tuple]) -> torch.Tensor | tuple:
+        """fn(device); after a CUDA/MPS out-of-memory error the model moves to the CPU and fn runs again there."""
         try:
             return fn(self.device)
         except Exception as exc:  # noqa: BLE001
@@ -149,7 +150,7 @@ class Embedder:
                 feats = self.backbone.forward_tail(maps)
             return feats.float().cpu(), (maps.to(torch.float16).cpu() if with_maps else None)
 
-        return self._run(run)  # type: ignore[return-value]
+        return self.run_with_fallback(run)  # type: ignore[return-value]
 
     def features_from_maps(self, maps: torch.Tensor, tail: torch.nn.Module | None = None) -> torch.Tensor:
         """(B, C, h, w) trunk maps -> (B, D) float32 CPU, through the backbone's tail or an adapted copy."""
@@ -164,7 +165,7 @@ class Embedder:
                     out.append(self.backbone.forward_tail(m, tail).float().cpu())
             return torch.cat(out) if out else torch.zeros(0, self.backbone.feature_dim)
 
-        return self._run(run)  # type: ignore[return-value]
+        return self.run_with_fallback(run)  # type: ignore[return-value]
 
     def embed_arrays(self, images: Sequence[np.ndarray], with_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """RGB uint8 arrays of any size -> features (B, D), maps; through the one preprocessing function."""

@@ -94,12 +94,15 @@ def test_unknown_rejects_images_far_from_every_class(classifier, shape_images):
 
 
 def test_finetune_stays_inside_its_budget_and_can_be_cancelled(classifier):
-    steps = []
+    steps, at = [], []
     t0 = time.perf_counter()
-    result = classifier.finetune(budget_s=1.0, max_steps=10_000, lr=1e-3, progress=lambda p: steps.append(p.step))
+    result = classifier.finetune(budget_s=1.0, max_steps=10_000, lr=1e-3,
+                                 progress=lambda p: (steps.append(p.step), at.append(p.elapsed_s)))
     elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0 + 1.0  # at most one step past the budget (a step here is ~0.1 s)
-    assert result.steps == len(steps) and result.steps >= 1
+    assert result.steps == len(steps) and result.steps >= 2
+    # Robust to a loaded machine: no step starts after the budget, and nothing slow runs after the last step.
+    assert at[-2] < 1.0 <= at[-1] or at[-1] < 1.0
+    assert elapsed - at[-1] < 0.5 + (at[-1] - at[-2])
     assert classifier.adapted_tail is not None
     before = classifier.generation
     cancelled = classifier.finetune(budget_s=5.0, lr=1e-3, cancel=lambda: True)
