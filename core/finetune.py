@@ -9,9 +9,16 @@ Difference from P>M>F, on purpose: augmentation acts on the trunk's feature maps
 cell, channel dropout), not on pixels, so the frozen trunk runs once per image instead of once per
 step; this is what makes a few dozen steps fit in seconds on a 2-core CPU.
 
+Objective: pseudo-episodes from the augmented support. Each step splits every class's examples into a
+pseudo-support (about half) and pseudo-queries (the rest); prototypes come from the augmented
+pseudo-support with gradients, and the loss is the cross-entropy of the augmented pseudo-queries'
+cosine logits. A class with one example uses P>M>F's form (clean prototype, augmented copy as query).
+On openclipart 5-way 5-shot (40 episodes, lr 1e-3) this and P>M>F's objective scored alike
+(74.6% and 74.3%, from 73.2% without fine-tuning).
+
 The learning rate is the most sensitive setting (NOTES.md). With 2+ examples per class it is chosen by
 cross-validation on the support (one example per class as prototype, the rest as validation, lr = 0
-kept unless another one wins), else a default.
+kept unless another one wins); with fewer, "auto" keeps the pre-trained weights.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from .methods import DEFAULT_SCALE, class_means
 __all__ = ["FinetuneProgress", "FinetuneResult", "finetune_tail", "augment_maps", "LR_GRID"]
 
 LR_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
-DEFAULT_LR = 3e-4  # used when cross-validation is impossible (1 example in some class)
+EPISODIC = True  # pseudo-episodes (below); False: P>M>F's objective
 
 
 @dataclass
@@ -85,11 +92,42 @@ class _TailHead(nn.Module):
 
 
 def _logits(head: _TailHead, maps: torch.Tensor, aug: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """P>M>F's objective: prototypes from the un-augmented support (with gradients), queries = the
+    augmented support. -> (N, C) logits for the N support examples."""
     feats = head(maps)
     means = class_means(feats, labels, n_classes)
     center = means.mean(0)
     protos = class_means(F.normalize(feats - center, dim=-1), labels, n_classes)
     q = F.normalize(head(aug) - center, dim=-1)
+    return head.log_scale.exp() * q @ F.normalize(protos, dim=-1).T
+
+
+def _pseudo_episode(labels: torch.Tensor, n_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Boolean mask (N,): True = pseudo-support. Each class with 2+ examples gives about half of them
+    (at least one) to the pseudo-support and the rest become pseudo-queries; a 1-example class keeps its
+    example in both roles (its query is the augmented copy)."""
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    for c in range(n_classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) >= 2:
+            order = idx[torch.randperm(len(idx), generator=generator).to(idx.device)]
+            mask[order[max(1, len(idx) // 2):]] = False
+    return mask
+
+
+def _episode_logits(head: _TailHead, maps: torch.Tensor, aug: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                    support: torch.Tensor) -> torch.Tensor:
+    """Pseudo-episode objective: prototypes from the augmented pseudo-support, logits for the augmented
+    pseudo-queries (and for 1-example classes, the augmented copy against the clean prototype).
+    -> (Q, C) logits; the targets are labels[query rows]."""
+    feats_aug = head(aug)
+    single = torch.bincount(labels, minlength=n_classes)[labels] < 2
+    proto_src = torch.where(single[:, None], head(maps), feats_aug) if bool(single.any()) else feats_aug
+    s_feats, s_labels = proto_src[support], labels[support]
+    center = class_means(s_feats, s_labels, n_classes).mean(0)
+    protos = class_means(F.normalize(s_feats - center, dim=-1), s_labels, n_classes)
+    query = ~support | single
+    q = F.normalize(feats_aug[query] - center, dim=-1)
     return head.log_scale.exp() * q @ F.normalize(protos, dim=-1).T
 
 
@@ -118,8 +156,13 @@ def _train(
                 break
             aug = augment_maps(maps, generator)
             with autocast(device):
-                logits = _logits(head, maps, aug, labels, n_classes)
-            loss = F.cross_entropy(logits.float(), labels)
+                if EPISODIC:
+                    support = _pseudo_episode(labels, n_classes, generator)
+                    logits = _episode_logits(head, maps, aug, labels, n_classes, support)
+                    targets = labels[~support | (torch.bincount(labels, minlength=n_classes)[labels] < 2)]
+                else:
+                    logits, targets = _logits(head, maps, aug, labels, n_classes), labels
+            loss = F.cross_entropy(logits.float(), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -215,7 +258,10 @@ def finetune_tail(
         best = max(lr_scores.values())
         chosen = 0.0 if lr_scores[0.0] >= best else min(k for k, v in lr_scores.items() if v == best)
     elif lr == "auto":
-        chosen = DEFAULT_LR
+        # No cross-validation possible. Measured on openclipart 5-way 1-shot (600 episodes): a fixed
+        # lr of 3e-4 lost 1.0 point (57.1% vs 58.1%), so "auto" keeps the pre-trained weights here.
+        return FinetuneResult(None, 0.0, 0, time.perf_counter() - start, False, {},
+                              "kept the pre-trained weights: choosing a learning rate needs 2+ examples per class")
     else:
         chosen = float(lr)
 

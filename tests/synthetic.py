@@ -56,3 +56,24 @@ def write_video(path: Path, kinds: list[str], frames_each: int = 10, fps: int = 
             writer.write(np.ascontiguousarray(draw_shape(kind, rng)[..., ::-1]))
     writer.release()
     return path
+
+
+def draw_in_clutter(kind: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
+    """A small shape of random colour on a loud random background (smooth colour field + random lines):
+    the background dominates pretrained features, so prototypes alone are mediocre and adapting helps."""
+    img = cv2.resize(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+    for _ in range(6):
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        p1 = tuple(int(v) for v in rng.integers(0, size, 2))
+        p2 = tuple(int(v) for v in rng.integers(0, size, 2))
+        cv2.line(img, p1, p2, c, int(rng.integers(2, 6)))
+    color = tuple(int(c) for c in rng.integers(0, 256, 3))
+    r = int(rng.integers(14, 26))
+    cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+    if kind == "circle":
+        cv2.circle(img, (cx, cy), r, color, -1)
+    elif kind == "square":
+        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
+    else:
+        cv2.fillPoly(img, [np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)], color)
+    return img
