@@ -33,6 +33,18 @@ from .images import (
 from .labeling import LabelRecord, LabelRun, Progress, SupportRun, add_support_tree, label_paths, write_labels_csv
 from .methods import available_methods, create_method
 from .project import Project, ProjectError, load_project, save_project
+from .sources import (
+    VIDEO_EXTENSIONS,
+    CameraInfo,
+    CameraSource,
+    FolderSource,
+    Frame,
+    FrameSource,
+    SourceError,
+    VideoFileSource,
+    list_cameras,
+    open_source,
+)
 
 __version__ = "0.1.0"
 
@@ -48,5 +60,7 @@ __all__ = [
     "LabelRecord", "LabelRun", "Progress", "SupportRun", "add_support_tree", "label_paths", "write_labels_csv",
     "available_methods", "create_method",
     "Project", "ProjectError", "load_project", "save_project",
+    "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "FolderSource", "Frame", "FrameSource", "SourceError",
+    "VideoFileSource", "list_cameras", "open_source",
     "__version__",
 ]

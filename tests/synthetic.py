@@ -77,3 +77,16 @@ def draw_in_clutter(kind: str, rng: np.random.Generator, size: int = 160) -> np.
     else:
         cv2.fillPoly(img, [np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)], color)
     return img
+
+
+def write_solid_video(path: Path, colors: list[tuple[int, int, int]], frames_each: int = 5, fps: int = 20,
+                      size: tuple[int, int] = (160, 160)) -> Path:
+    """An MJPG .avi of solid-colour frames: each RGB colour in `colors` for `frames_each` frames; size = (w, h), even."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for rgb in colors:
+        frame = np.empty((size[1], size[0], 3), np.uint8)
+        frame[:] = rgb[::-1]  # the writer takes BGR
+        for _ in range(frames_each):
+            writer.write(frame)
+    writer.release()
+    return path
