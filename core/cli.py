@@ -333,7 +333,15 @@ def cmd_demo(args) -> int:
         assert isinstance(run, LabelRun)
         correct = sum(r.prediction.label == truth[r.path] for r in run.records)
         results[transductive] = (correct, len(run.records))
+        if not transductive:
+            run_inductive = run
         write_labels_csv(run.records, out / ("labels-transductive.csv" if transductive else "labels.csv"))
+    print("a few of the inductive predictions (file: predicted, confidence; true class):")
+    shown = run_inductive.records[:: max(1, len(run_inductive.records) // 6)][:6]
+    for r in shown:
+        mark = "ok " if r.prediction.label == truth[r.path] else "MISS"
+        print(f"  {mark} {Path(r.path).name[:40]:40s} -> {r.prediction.label} ({r.prediction.probability:.2f}); "
+              f"{truth[r.path]}")
     for transductive, (correct, n) in results.items():
         mode = "transductive" if transductive else "inductive"
         print(f"{mode:>12}: {correct}/{n} correct ({100 * correct / max(n, 1):.1f}%)")
