@@ -169,16 +169,10 @@ class FewShotClassifier:
 
         if not resized:
             return torch.zeros(0, self.embedder.backbone.feature_dim), torch.zeros(0)
-        feats, maps = [], []
         bs = self.embedder.batch_size
-        for i in range(0, len(resized), bs):
-            f, m = self.embedder.embed_tensor(to_tensor(list(resized[i : i + bs]), self.embedder.config), with_maps=True)
-            assert m is not None
-            if self.adapted_tail is not None:
-                f = self.embedder.features_from_maps(m, self.adapted_tail)
-            feats.append(f)
-            maps.append(m)
-        return torch.cat(feats), torch.cat(maps)
+        parts = [self.embed_tensor_with_maps(to_tensor(list(resized[i : i + bs]), self.embedder.config))
+                 for i in range(0, len(resized), bs)]
+        return torch.cat([f for f, _ in parts]), torch.cat([m for _, m in parts])
 
     def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images of any size -> (B, D) features the prototypes are comparable with."""
@@ -188,8 +182,15 @@ class FewShotClassifier:
         """(B, 3, S, S) preprocessed -> (B, D), through the adapted tail when there is one."""
         if self.adapted_tail is None:
             return self.embedder.embed_tensor(x)[0]
-        _, maps = self.embedder.embed_tensor(x, with_maps=True)
-        return self.embedder.features_from_maps(maps, self.adapted_tail)  # type: ignore[arg-type]
+        return self.embed_tensor_with_maps(x)[0]
+
+    def embed_tensor_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> features (B, D) through the current tail, trunk maps (B, C, h, w) float16."""
+        feats, maps = self.embedder.embed_tensor(x, with_maps=True)
+        assert maps is not None
+        if self.adapted_tail is not None:
+            feats = self.embedder.features_from_maps(maps, self.adapted_tail)
+        return feats, maps
 
     def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Cached trunk maps (B, C, h, w) -> (B, D) through the current tail (folders re-use cached maps)."""

@@ -212,8 +212,21 @@ def cmd_label(args) -> int:
                 _finetune(classifier, args.finetune)
             else:
                 print("fine-tuning skipped: it needs at least two classes", file=sys.stderr)
+        cache = None
+        if args.save_project:
+            from .project import LABELS_FILE, EmbeddingCache
+
+            # The project keeps the folder's trunk maps: labeling it again (other examples, fine-tuned)
+            # decodes nothing that is unchanged.
+            Path(args.save_project).mkdir(parents=True, exist_ok=True)
+            cache = EmbeddingCache(Path(args.save_project) / LABELS_FILE, embedder.model_key())
         t0 = time.perf_counter()
-        run = _progress(label_paths(classifier, paths, transductive=args.transductive, cancel=token), "labeling")
+        try:
+            run = _progress(label_paths(classifier, paths, transductive=args.transductive, cancel=token,
+                                        cache=cache), "labeling")
+        finally:
+            if cache is not None:
+                cache.close()
         assert isinstance(run, LabelRun)
     elapsed = time.perf_counter() - t0
     write_labels_csv(run.records, args.out, topk=args.topk)

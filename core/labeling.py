@@ -9,13 +9,16 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
 from .classifier import FewShotClassifier, Prediction
 from .embedding import CancelToken, Skipped, load_many
 from .images import class_folders, list_images, to_tensor
+
+if TYPE_CHECKING:
+    from .project import EmbeddingCache
 
 __all__ = ["Progress", "LabelRecord", "LabelRun", "SupportRun", "add_support_tree", "label_paths", "write_labels_csv"]
 
@@ -81,31 +84,55 @@ def label_paths(
     paths: Sequence[str | os.PathLike],
     transductive: bool = False,
     cancel: CancelToken | None = None,
+    cache: "EmbeddingCache | None" = None,
 ) -> Iterator[Progress | LabelRun]:
     """Embed and classify files. Inductive: each batch is classified as it arrives. Transductive: all
-    features first, then one joint prediction (the whole folder is known in advance)."""
+    features first, then one joint prediction (the whole folder is known in advance).
+
+    With a cache (a project's EmbeddingCache), files embedded before are neither decoded nor run through
+    the trunk: their cached maps go through the current (possibly fine-tuned) tail; new files are added.
+    Records come back in the order of `paths`."""
     items = [str(p) for p in paths]
     run = LabelRun([])
-    feats: list[torch.Tensor] = []
-    ok_paths: list[str] = []
+    found: dict[str, torch.Tensor] = {}  # path -> feature
+    records: dict[str, LabelRecord] = {}
     done = 0
-    yield Progress("labeling", 0, len(items))
-    for ok, arrays, skipped in load_many(items, classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
+    stage = "embedding" if transductive else "labeling"
+
+    def take(batch_paths: list[str], feats: torch.Tensor) -> None:
+        for p, f in zip(batch_paths, feats):
+            found[p] = f
+        if not transductive:
+            for p, pred in zip(batch_paths, classifier.predict_features(feats)):
+                records[p] = LabelRecord(p, pred)
+
+    yield Progress(stage, 0, len(items))
+    cached = cache.get_many(items) if cache is not None else {}
+    hits = [p for p in items if p in cached]
+    for i in range(0, len(hits), 256):
+        chunk = hits[i : i + 256]
+        take(chunk, classifier.features_from_maps(torch.stack([cached[p] for p in chunk])))
+        done += len(chunk)
+        yield Progress(stage, done, len(items))
+    todo = [p for p in items if p not in cached]
+    for ok, arrays, skipped in load_many(todo, classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
         run.skipped += skipped
         if arrays:
-            f = classifier.embed_tensor(to_tensor(arrays, classifier.embedder.config))
-            feats.append(f)
-            ok_paths += ok
-            if not transductive:
-                run.records += [LabelRecord(p, pred) for p, pred in zip(ok, classifier.predict_features(f))]
+            feats, maps = classifier.embed_tensor_with_maps(to_tensor(arrays, classifier.embedder.config))
+            take(ok, feats)
+            if cache is not None:
+                cache.put_many(ok, maps)
         done += len(ok) + len(skipped)
-        yield Progress("embedding" if transductive else "labeling", done, len(items), len(run.skipped))
+        yield Progress(stage, done, len(items), len(run.skipped))
         if cancel is not None and cancel.cancelled:
             run.cancelled = True
             break
-    run.features = torch.cat(feats) if feats else torch.zeros(0, classifier.embedder.backbone.feature_dim)
+    ok_paths = [p for p in items if p in found]
+    run.features = (torch.stack([found[p] for p in ok_paths]) if ok_paths
+                    else torch.zeros(0, classifier.embedder.backbone.feature_dim))
     if transductive and ok_paths and not run.cancelled:
-        run.records = [LabelRecord(p, pred) for p, pred in zip(ok_paths, classifier.predict_features(run.features, True))]
+        records = {p: LabelRecord(p, pred) for p, pred in zip(ok_paths, classifier.predict_features(run.features, True))}
+    run.records = [records[p] for p in ok_paths if p in records]
     yield run
 
 
