@@ -300,6 +300,11 @@ class FewShotClassifier:
             probs = (scale * cos).softmax(-1)
             raw_sims = F.normalize(query.float(), dim=-1) @ raw_protos.T  # (Q, C)
         thresholds = self.thresholds()
+        if len(used) == 1:
+            # A softmax over one class is always 1. Say instead how clearly the query clears the class's
+            # unknown threshold: 0.5 at the threshold, ~0.95 at +0.09 cosine above it.
+            threshold = self._calibrate().thresholds.get(used[0], DEFAULT_UNKNOWN_SIMILARITY)
+            probs = torch.sigmoid((raw_sims - threshold) / 0.03)
         k = min(self.topk, len(used))
         top_p, top_i = probs.topk(k, dim=-1)
         out = []

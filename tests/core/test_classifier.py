@@ -177,3 +177,13 @@ def test_auto_learning_rate_cross_validates_and_keeps_weights_without_enough_exa
     kept = one_shot.finetune(budget_s=5)
     assert kept.lr == 0.0 and kept.tail_state is None and "2+ examples" in kept.message
     assert one_shot.adapted_tail is None
+
+
+def test_one_class_confidence_says_how_close_the_query_is(embedder, shape_images):
+    skimage_data = pytest.importorskip("skimage.data")
+    clf = FewShotClassifier(embedder)
+    clf.add_examples("circle", shape_images["circle"][:4])
+    near, far = clf.predict([shape_images["circle"][5], skimage_data.astronaut()])
+    assert near.label == "circle" and far.is_unknown
+    assert near.probability > 0.5 > far.probability
+    assert near.topk == [("circle", near.probability)]
