@@ -46,6 +46,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="weights for --backbone when they are not embedded")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--input-size", type=_positive_int, default=None, metavar="PX",
+                   help="square input size in pixels (default: the backbone's, 224 for Lite0); a multiple of 32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +128,13 @@ def _make_embedder(args):
         backbone = load_model_file(args.model)
     else:
         backbone = create_backbone(args.backbone or DEFAULT_BACKBONE, args.weights)
+    if args.input_size:
+        if args.input_size % 32:
+            raise ValueError(f"--input-size must be a multiple of 32 (every stride-2 stage then sees even sizes); "
+                             f"got {args.input_size}")
+        import dataclasses
+
+        backbone.preprocess_config = dataclasses.replace(backbone.preprocess_config, size=args.input_size)
     embedder = Embedder(backbone, args.device, batch_size=args.batch_size)
     embedder.on_message = lambda m: print(f"warning: {m}", file=sys.stderr)
     return embedder

@@ -386,3 +386,10 @@ def test_backbones_lists_the_registered_backbones(capsys):
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 0
     assert "label" in capsys.readouterr().out
+
+
+def test_input_size_must_be_a_multiple_of_32(mini_tree, tmp_path):
+    code, _, err = run_main("label", "--support", mini_tree / "support", "--query", mini_tree / "query",
+                            "--out", tmp_path / "labels.csv", "--device", "cpu", "--input-size", "100")
+    assert code == 2 and "multiple of 32" in err
+    assert not (tmp_path / "labels.csv").exists()
