@@ -134,15 +134,21 @@ class FewShotClassifier:
 
     def add_examples(self, class_name: str, images: Sequence[np.ndarray], sources: Sequence[str | None] | None = None) -> list[str]:
         """RGB uint8 images of any size -> example ids. Embeds only these images. Creates the class if new."""
-        if class_name not in self.classes:
-            self.add_class(class_name)
+        return self.add_labeled_examples([class_name] * len(images), images, sources)
+
+    def add_labeled_examples(self, class_names: Sequence[str], images: Sequence[np.ndarray],
+                             sources: Sequence[str | None] | None = None) -> list[str]:
+        """Examples of possibly different classes, embedded together (one batch). -> example ids."""
+        for name in dict.fromkeys(class_names):
+            if name not in self.classes:
+                self.add_class(name)
         config = self.embedder.config
         resized = [resize_for_model(img, config) for img in images]
         feats, maps = self._embed_resized(resized)
         ids = []
         for i, img in enumerate(resized):
             ex_id = uuid.uuid4().hex[:12]
-            self.examples[ex_id] = Example(ex_id, class_name, feats[i], maps[i], img, sources[i] if sources else None)
+            self.examples[ex_id] = Example(ex_id, class_names[i], feats[i], maps[i], img, sources[i] if sources else None)
             ids.append(ex_id)
         self._changed()
         return ids

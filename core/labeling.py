@@ -60,22 +60,25 @@ def add_support_tree(
     folders = class_folders(root, min_images=1)
     if not folders:
         raise ValueError(f"no class folders with images under '{root}' (expected one folder per class)")
-    total = sum(len(v) for v in folders.values())
+    owner = {str(p): name for name in sorted(folders) for p in folders[name]}
+    total = len(owner)
     run = SupportRun({})
     done = 0
     yield Progress("embedding examples", 0, total)
-    for name in sorted(folders):
-        for ok, arrays, skipped in load_many(folders[name], classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
-            run.skipped += skipped
-            if arrays:
-                classifier.add_examples(name, arrays, ok)
-                run.added[name] = run.added.get(name, 0) + len(arrays)
-            done += len(ok) + len(skipped)
-            yield Progress("embedding examples", done, total, len(run.skipped))
-            if cancel is not None and cancel.cancelled:
-                run.cancelled = True
-                yield run
-                return
+    # One stream over every class: full batches (one launch per batch on a GPU), decode prefetched.
+    for ok, arrays, skipped in load_many(list(owner), classifier.embedder.config, classifier.embedder.batch_size,
+                                         cancel=cancel):
+        run.skipped += skipped
+        if arrays:
+            classifier.add_labeled_examples([owner[p] for p in ok], arrays, ok)
+        for p in ok:
+            run.added[owner[p]] = run.added.get(owner[p], 0) + 1
+        done += len(ok) + len(skipped)
+        yield Progress("embedding examples", done, total, len(run.skipped))
+        if cancel is not None and cancel.cancelled:
+            run.cancelled = True
+            yield run
+            return
     yield run
 
 
