@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from .embedding import Embedder
 from .finetune import FinetuneProgress, FinetuneResult, finetune_tail
-from .images import preprocess, resize_for_model
+from .images import resize_for_model
 from .methods import DEFAULT_SCALE, class_means, create_method
 
 __all__ = ["FewShotClassifier", "Prediction", "Example", "StateError", "STATE_FORMAT_VERSION", "UNKNOWN_LABEL"]

@@ -10,8 +10,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -204,14 +203,3 @@ class Embedder:
         for p in list(self.backbone.parameters())[::7]:
             h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
         return h.hexdigest()[:16]
-
-
-def iter_chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
