@@ -5,7 +5,6 @@ adding an example costs one forward pass and a prototype update costs a mean ove
 """
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .embedding import Embedder
-from .finetune import FinetuneProgress, FinetuneResult, finetune_tail
+from .finetune import FinetuneProgress, FinetuneResult, adapted_tail, finetune_tail
 from .images import resize_for_model
 from .methods import DEFAULT_SCALE, class_means, create_method
 
@@ -374,9 +373,7 @@ class FewShotClassifier:
         if state is None:
             self.adapted_tail = None
         else:
-            tail = copy.deepcopy(self.embedder.backbone.tail).eval()
-            tail.load_state_dict(state)
-            self.adapted_tail = tail
+            self.adapted_tail = adapted_tail(self.embedder.backbone, state)
         # Re-derive every support feature from its cached trunk map through the current tail.
         exs = list(self.examples.values())
         if exs:

@@ -222,12 +222,11 @@ def cmd_label(args) -> int:
                 print("fine-tuning skipped: it needs at least two classes", file=sys.stderr)
         cache = None
         if args.save_project:
-            from .project import LABELS_FILE, EmbeddingCache
+            from .project import open_embedding_cache
 
             # The project keeps the folder's trunk maps: labeling it again (other examples, fine-tuned)
             # decodes nothing that is unchanged.
-            Path(args.save_project).mkdir(parents=True, exist_ok=True)
-            cache = EmbeddingCache(Path(args.save_project) / LABELS_FILE, embedder.model_key())
+            cache = open_embedding_cache(args.save_project, embedder)
         t0 = time.perf_counter()
         try:
             run = _progress(label_paths(classifier, paths, transductive=args.transductive, cancel=token,

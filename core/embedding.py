@@ -19,7 +19,17 @@ from .backbones import Backbone
 from .device import autocast, is_out_of_memory, select_device
 from .images import ImageError, PreprocessConfig, load_image, preprocess
 
-__all__ = ["Embedder", "EmbeddedBatch", "Skipped", "CancelToken", "load_many"]
+__all__ = ["Embedder", "EmbeddedBatch", "Skipped", "CancelToken", "file_stamp", "load_many"]
+
+
+def file_stamp(path: str | os.PathLike) -> str | None:
+    """Size and modification time of a file ("size:mtime_ns"), or None when it can't be stat'ed: cache
+    entries made for other contents of the file don't match."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 class CancelToken:

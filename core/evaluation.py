@@ -17,8 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .embedding import CancelToken, Embedder, Skipped
-from .finetune import finetune_tail
+from .embedding import CancelToken, Embedder, Skipped, file_stamp
+from .finetune import adapted_tail, finetune_tail
 from .images import class_folders
 from .methods import create_method
 from .training import sample_episode
@@ -54,11 +54,6 @@ class EmbedProgress:
     skipped: int
 
 
-def _stamp(path: str) -> str:
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 class _DiskCache:
     """Per-model cache of features (+ trunk maps): <dir>/<model_key>.safetensors and a JSON index."""
 
@@ -83,10 +78,7 @@ class _DiskCache:
         entry = self.index.get(path)
         if entry is None:
             return None
-        try:
-            if entry[0] != _stamp(path):
-                return None
-        except OSError:
+        if entry[0] != file_stamp(path):
             return None
         if entry[1] < 0:
             return str(entry[2]) if len(entry) > 2 else "unreadable"
@@ -101,20 +93,15 @@ class _DiskCache:
         """Write these rows plus every still-valid cached row of other files (other folders stay cached)."""
         from safetensors.torch import save_file
 
-        if self.features is not None and self.maps is None and maps is not None and not all(
-            isinstance(self.get(p, False), str) for p in self.index if p not in set(paths)
-        ):
-            maps = None  # keep the older rows (they have no maps) rather than the new maps
-        if self.features is not None and (maps is None) == (self.maps is None):
-            fresh = set(paths)
-            keep = [(p, e[1]) for p, e in self.index.items()
-                    if p not in fresh and e[1] >= 0 and isinstance(self.get(p, maps is not None), tuple)]
-            if keep:
-                rows = torch.as_tensor([r for _, r in keep])
-                paths = paths + [p for p, _ in keep]
-                features = torch.cat([features, self.features[rows]])
-                if maps is not None and self.maps is not None:
-                    maps = torch.cat([maps, self.maps[rows]])
+        fresh = set(paths)
+        keep = [(p, e[1]) for p, e in self.index.items()
+                if p not in fresh and e[1] >= 0 and self.features is not None and e[0] == file_stamp(p)]
+        if keep:
+            rows = torch.as_tensor([r for _, r in keep])
+            paths = paths + [p for p, _ in keep]
+            features = torch.cat([features, self.features[rows]])
+            # Older rows without maps are kept rather than the new maps (a table has maps for all or none).
+            maps = torch.cat([maps, self.maps[rows]]) if maps is not None and self.maps is not None else None
 
         self.tensors_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"features": features.contiguous()}
@@ -122,15 +109,13 @@ class _DiskCache:
             tensors["maps"] = maps.contiguous()
         index = {}
         for row, p in enumerate(paths):
-            try:
-                index[p] = [_stamp(p), row]
-            except OSError:
-                continue
+            stamp = file_stamp(p)
+            if stamp is not None:
+                index[p] = [stamp, row]
         for skip in bad:  # remembered, so a huge unreadable file is not decoded again on every run
-            try:
-                index[skip.path] = [_stamp(skip.path), -1, skip.reason]
-            except OSError:
-                continue
+            stamp = file_stamp(skip.path)
+            if stamp is not None:
+                index[skip.path] = [stamp, -1, skip.reason]
         tmp = self.tensors_path.with_suffix(".tmp")
         save_file(tensors, str(tmp))
         os.replace(tmp, self.tensors_path)
@@ -150,7 +135,6 @@ def build_feature_table(
     """Yields EmbedProgress while embedding, then the FeatureTable. Cached files are not decoded again.
     Trunk maps are always cached (so a later fine-tuned evaluation finds them); `with_maps` says whether
     the table carries them."""
-    want_maps, with_maps = with_maps, True
     folders = class_folders(root, min_images=min_images)
     class_names = sorted(folders)
     paths = [str(p) for name in class_names for p in folders[name]]
@@ -161,7 +145,7 @@ def build_feature_table(
     todo = []
     skipped: list[Skipped] = []
     for p in paths:
-        hit = cache.get(p, want_maps) if cache else None
+        hit = cache.get(p, with_maps) if cache else None
         if hit is None:
             todo.append(p)
         elif isinstance(hit, str):
@@ -170,7 +154,7 @@ def build_feature_table(
             feats[p], maps[p] = hit
     done = len(paths) - len(todo)
     yield EmbedProgress(done, len(paths), len(skipped))
-    for batch in embedder.embed_paths(todo, with_maps=with_maps, cancel=cancel):
+    for batch in embedder.embed_paths(todo, with_maps=True, cancel=cancel):
         for i, p in enumerate(batch.paths):
             feats[p] = batch.features[i]
             maps[p] = batch.maps[i] if batch.maps is not None else None
@@ -187,9 +171,10 @@ def build_feature_table(
     have_maps = bool(ok_paths) and all(maps.get(p) is not None for p in ok_paths)
     map_tensor = torch.stack([maps[p] for p in ok_paths]) if have_maps else None  # type: ignore[misc]
     if cache is not None and todo and ok_paths:
-        cache.save(ok_paths, features, map_tensor, [s for s in skipped if s.path in set(todo)])
+        new = set(todo)
+        cache.save(ok_paths, features, map_tensor, [s for s in skipped if s.path in new])
     yield FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features,
-                       map_tensor if want_maps else None, skipped)
+                       map_tensor if with_maps else None, skipped)
 
 
 @dataclass
@@ -255,10 +240,7 @@ def evaluate(
                 res = finetune_tail(embedder.backbone, table.maps[s_idx], s_lab, way,
                                     budget_s=finetune_s, max_steps=finetune_steps, device=embedder.device, seed=e)
                 if res.tail_state is not None:
-                    import copy
-
-                    tail = copy.deepcopy(embedder.backbone.tail)
-                    tail.load_state_dict(res.tail_state)
+                    tail = adapted_tail(embedder.backbone, res.tail_state)
                     s_feat = embedder.features_from_maps(table.maps[s_idx], tail)
                     q_feat = embedder.features_from_maps(table.maps[q_idx], tail)
                 else:

@@ -121,9 +121,12 @@ def label_paths(
     for ok, arrays, skipped in load_many(todo, classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
         run.skipped += skipped
         if arrays:
-            feats, maps = classifier.embed_tensor_with_maps(to_tensor(arrays, classifier.embedder.config))
-            take(ok, feats)
-            if cache is not None:
+            batch = to_tensor(arrays, classifier.embedder.config)
+            if cache is None:
+                take(ok, classifier.embed_tensor(batch))
+            else:
+                feats, maps = classifier.embed_tensor_with_maps(batch)
+                take(ok, feats)
                 cache.put_many(ok, maps)
         done += len(ok) + len(skipped)
         yield Progress(stage, done, len(items), len(run.skipped))

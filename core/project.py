@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .classifier import FewShotClassifier, Prediction, StateError
-from .embedding import Embedder
+from .embedding import Embedder, file_stamp
 
 __all__ = [
     "PROJECT_FORMAT_VERSION",
@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_text",
     "class_color",
     "load_project",
+    "open_embedding_cache",
     "save_project",
 ]
 
@@ -131,14 +132,6 @@ class EmbeddingCache:
         )
         self.db.commit()
 
-    @staticmethod
-    def _stamp(path: str) -> str | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return f"{st.st_size}:{st.st_mtime_ns}"
-
     def get_many(self, paths: Sequence[str]) -> dict[str, torch.Tensor]:
         """-> {path: (C, h, w) float16 map} for the paths cached with this model and unchanged since."""
         out: dict[str, torch.Tensor] = {}
@@ -150,7 +143,7 @@ class EmbeddingCache:
                 [self.model_key, *chunk],
             )
             for path, stamp, shape, blob in rows:
-                if stamp == self._stamp(path):
+                if stamp == file_stamp(path):
                     dims = tuple(int(x) for x in shape.split(","))
                     out[path] = torch.from_numpy(np.frombuffer(blob, dtype=np.float16).reshape(dims).copy())
         return out
@@ -159,7 +152,7 @@ class EmbeddingCache:
         """paths (B,), maps (B, C, h, w): one transaction."""
         rows = []
         for path, m in zip(paths, maps):
-            stamp = self._stamp(path)
+            stamp = file_stamp(path)
             if stamp is None:
                 continue
             arr = m.to(torch.float16).contiguous().numpy()
@@ -174,6 +167,13 @@ class EmbeddingCache:
         self.db.close()
 
 
+def open_embedding_cache(folder: str | os.PathLike, embedder: Embedder) -> EmbeddingCache:
+    """The embedding cache inside a project folder (created with the folder if missing)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return EmbeddingCache(folder / LABELS_FILE, embedder.model_key())
+
+
 @dataclass
 class Project:
     folder: Path
@@ -185,7 +185,7 @@ class Project:
 
     def embedding_cache(self) -> EmbeddingCache:
         """The project's cache of trunk maps for the labeled folder (close it when done)."""
-        return EmbeddingCache(self.folder / LABELS_FILE, self.classifier.embedder.model_key())
+        return open_embedding_cache(self.folder, self.classifier.embedder)
 
     def labels(self) -> list[StoredLabel]:
         store = LabelStore(self.folder / LABELS_FILE)
