@@ -2,7 +2,7 @@
 import os as _os
 
 # Idle OpenMP threads sleep instead of spinning: beside a camera thread, a GUI or other programs on a
-# 2-core machine, spinning made a batch-1 forward 3-30x slower (bench, 2-core VM under load). Set before
+# 2-core machine, spinning made a batch-1 forward 3-30x slower (bench, 2-core VM under load, 2026-11-27). Set before
 # torch is first imported; an explicit OMP_WAIT_POLICY wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .backbones import (

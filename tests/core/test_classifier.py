@@ -145,7 +145,7 @@ def test_state_from_newer_version_or_garbage_is_refused(classifier, embedder, tm
 @pytest.mark.slow
 def test_finetune_improves_a_small_task(embedder):
     """Shapes in loud clutter, 8 examples per class: adapting the tail must raise held-out accuracy.
-    Three tasks (seeds 0-2, not picked); measured here: 75->83%, 78->80%, 57->75% (lr 3e-3, 30 steps)."""
+    Three tasks (seeds 0-2, not picked); measured on the 2-core VM, 2026-11-27: 75->83%, 78->80%, 57->75% (lr 3e-3, 30 steps)."""
     kinds = ("circle", "square", "triangle")
     before, after = [], []
     for seed in range(3):
