@@ -30,9 +30,27 @@ from .images import (
     load_image,
     preprocess,
 )
-from .labeling import LabelRecord, LabelRun, Progress, SupportRun, add_support_tree, label_paths, write_labels_csv
+from .labeling import (
+    LabelRecord,
+    LabelRun,
+    Progress,
+    SupportRun,
+    add_support_tree,
+    label_paths,
+    query_paths,
+    write_labels_csv,
+)
 from .methods import available_methods, create_method
-from .project import Project, ProjectError, load_project, save_project
+from .project import (
+    Project,
+    ProjectError,
+    StoredLabel,
+    class_color,
+    load_project,
+    open_embedding_cache,
+    save_project,
+    store_labels,
+)
 from .sources import (
     VIDEO_EXTENSIONS,
     CameraInfo,
@@ -57,9 +75,11 @@ __all__ = [
     "FinetuneProgress", "FinetuneResult",
     "IMAGE_EXTENSIONS", "ImageError", "PreprocessConfig", "class_folders", "crop", "from_bgr", "list_images",
     "load_image", "preprocess",
-    "LabelRecord", "LabelRun", "Progress", "SupportRun", "add_support_tree", "label_paths", "write_labels_csv",
+    "LabelRecord", "LabelRun", "Progress", "SupportRun", "add_support_tree", "label_paths", "query_paths",
+    "write_labels_csv",
     "available_methods", "create_method",
-    "Project", "ProjectError", "load_project", "save_project",
+    "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "save_project",
+    "store_labels",
     "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "FolderSource", "Frame", "FrameSource", "SourceError",
     "VideoFileSource", "list_cameras", "open_source",
     "__version__",

@@ -20,7 +20,7 @@ from .images import class_folders, list_images, to_tensor
 if TYPE_CHECKING:
     from .project import EmbeddingCache
 
-__all__ = ["Progress", "LabelRecord", "LabelRun", "SupportRun", "add_support_tree", "label_paths", "write_labels_csv"]
+__all__ = ["Progress", "LabelRecord", "LabelRun", "SupportRun", "add_support_tree", "label_paths", "query_paths", "write_labels_csv"]
 
 
 @dataclass
@@ -43,7 +43,8 @@ class LabelRun:
     records: list[LabelRecord]
     skipped: list[Skipped] = field(default_factory=list)
     cancelled: bool = False
-    features: torch.Tensor | None = None  # (N, D) features of the records, for caches and explanations
+    features: torch.Tensor | None = None  # (N, D) features of the files that could be read, in `paths` order
+    paths: list[str] = field(default_factory=list)  # the files that could be read, in the order of `paths`
 
 
 @dataclass
@@ -92,6 +93,8 @@ def label_paths(
     """Embed and classify files. Inductive: each batch is classified as it arrives. Transductive: all
     features first, then one joint prediction (the whole folder is known in advance).
 
+    A classifier with no examples yet only embeds: `features` and `paths` are filled, `records` stays empty.
+
     With a cache (a project's EmbeddingCache), files embedded before are neither decoded nor run through
     the trunk: their cached maps go through the current (possibly fine-tuned) tail; new files are added.
     Records come back in the order of `paths`."""
@@ -100,12 +103,13 @@ def label_paths(
     found: dict[str, torch.Tensor] = {}  # path -> feature
     records: dict[str, LabelRecord] = {}
     done = 0
-    stage = "embedding" if transductive else "labeling"
+    predicting = classifier.ready()
+    stage = "embedding" if transductive or not predicting else "labeling"
 
     def take(batch_paths: list[str], feats: torch.Tensor) -> None:
         for p, f in zip(batch_paths, feats):
             found[p] = f
-        if not transductive:
+        if predicting and not transductive:
             for p, pred in zip(batch_paths, classifier.predict_features(feats)):
                 records[p] = LabelRecord(p, pred)
 
@@ -136,7 +140,8 @@ def label_paths(
     ok_paths = [p for p in items if p in found]
     run.features = (torch.stack([found[p] for p in ok_paths]) if ok_paths
                     else torch.zeros(0, classifier.embedder.backbone.feature_dim))
-    if transductive and ok_paths and not run.cancelled:
+    run.paths = ok_paths
+    if predicting and transductive and ok_paths and not run.cancelled:
         records = {p: LabelRecord(p, pred) for p, pred in zip(ok_paths, classifier.predict_features(run.features, True))}
     run.records = [records[p] for p in ok_paths if p in records]
     yield run

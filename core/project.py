@@ -35,6 +35,7 @@ __all__ = [
     "load_project",
     "open_embedding_cache",
     "save_project",
+    "store_labels",
 ]
 
 PROJECT_FORMAT_VERSION = 1
@@ -241,15 +242,7 @@ def save_project(
         if png.stem not in classifier.examples:
             png.unlink(missing_ok=True)
     root = str(Path(query_root).resolve()) if query_root is not None else None
-    if labels:
-        store = LabelStore(folder / LABELS_FILE)
-        try:
-            store.put_many(
-                StoredLabel(_relative(p, root), pred.label, pred.probability, pred.similarity, source, pred.topk)
-                for p, pred, source in labels
-            )
-        finally:
-            store.close()
+    store_labels(folder, labels, root)
     meta = {
         "format": "protolabel-project",
         "format_version": PROJECT_FORMAT_VERSION,
@@ -265,6 +258,27 @@ def save_project(
     }
     atomic_write_text(folder / PROJECT_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
     return folder
+
+
+def store_labels(
+    folder: str | os.PathLike, labels: Sequence[tuple[str, Prediction, str]], query_root: str | os.PathLike | None
+) -> None:
+    """Write labels (file path, prediction, source) into the project's labels.sqlite, in one transaction.
+
+    Paths are stored relative to query_root. Cheap enough to call on every correction."""
+    if not labels:
+        return
+    root = str(Path(query_root).resolve()) if query_root is not None else None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = LabelStore(folder / LABELS_FILE)
+    try:
+        store.put_many(
+            StoredLabel(_relative(p, root), pred.label, pred.probability, pred.similarity, source, pred.topk)
+            for p, pred, source in labels
+        )
+    finally:
+        store.close()
 
 
 def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:

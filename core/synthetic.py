@@ -1,0 +1,63 @@
+"""Generated images: classes of drawn shapes that an ImageNet backbone can tell apart, and a small video.
+
+Used by the tests and by `protolabel --selftest` (which must work without any image on disk)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["SHAPE_CLASSES", "draw_shape", "write_tree", "write_video"]
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "star")
+_COLORS = {"circle": (220, 40, 40), "square": (40, 90, 220), "triangle": (40, 170, 60), "star": (230, 180, 20)}
+
+
+def draw_shape(kind: str, rng: np.random.Generator, size: int = 160) -> np.ndarray:
+    """One RGB uint8 (size, size, 3) image of a `kind` shape at a random place and scale on a noisy background."""
+    img = np.full((size, size, 3), rng.integers(200, 256), np.uint8)
+    img = np.clip(img.astype(np.int16) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    color = tuple(int(np.clip(c + rng.integers(-30, 30), 0, 255)) for c in _COLORS[kind])
+    r = int(rng.integers(size // 6, size // 3))
+    cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
+    if kind == "circle":
+        cv2.circle(img, (cx, cy), r, color, -1)
+    elif kind == "square":
+        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), color, -1)
+    elif kind == "triangle":
+        pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)
+        cv2.fillPoly(img, [pts], color)
+    else:
+        angles = np.linspace(0, 2 * np.pi, 11)[:-1] - np.pi / 2
+        radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(np.int32)
+        cv2.fillPoly(img, [pts], color)
+    return img
+
+
+def write_tree(root: Path, per_class: int, seed: int = 0, classes=SHAPE_CLASSES, ext: str = ".png") -> dict[str, list[Path]]:
+    """root/<class>/<i>.png for each class -> {class: [paths]}"""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {}
+    for kind in classes:
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        out[kind] = []
+        for i in range(per_class):
+            path = folder / f"{kind}_{i:03d}{ext}"
+            cv2.imwrite(str(path), draw_shape(kind, rng)[..., ::-1])
+            out[kind].append(path)
+    return out
+
+
+def write_video(path: Path, kinds: Sequence[str], frames_each: int = 10, fps: int = 10, seed: int = 0) -> Path:
+    """An MJPG .avi (a camera stand-in, NOTES.md) showing each kind in turn; 160x160 frames."""
+    rng = np.random.default_rng(seed)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (160, 160))
+    for kind in kinds:
+        for _ in range(frames_each):
+            writer.write(np.ascontiguousarray(draw_shape(kind, rng)[..., ::-1]))
+    writer.release()
+    return path
