@@ -1,0 +1,842 @@
+"""The engine thread: owns the classifier and runs every model operation, one at a time, off the UI thread.
+
+Widgets never touch the classifier. The main window calls the intent methods below (any thread); each
+queues a job. The engine thread runs jobs in order; when the queue is empty it predicts the newest
+live frame (latest-frame semantics: frames that arrive while it is busy are overwritten, never queued),
+refreshes the folder's predictions after the support set changed, and autosaves the project.
+Results reach the UI thread through Qt signals (queued connections).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PySide6.QtCore import QObject, Signal
+
+from core import (
+    CancelToken,
+    Embedder,
+    FewShotClassifier,
+    Frame,
+    ImageError,
+    LabelRecord,
+    Prediction,
+    ProjectError,
+    SupportRun,
+    add_support_tree,
+    class_color,
+    class_folders,
+    crop,
+    label_paths,
+    list_images,
+    load_image,
+    load_project,
+    open_embedding_cache,
+    query_paths,
+    save_project,
+    store_labels,
+    write_labels_csv,
+)
+
+from .state import ClassInfo, ExampleInfo, FolderItem, LivePrediction, ModelSnapshot
+
+log = logging.getLogger(__name__)
+
+AUTOSAVE_DELAY_S = 2.0  # after the last change
+FOLDER_CHUNK = 128  # files per label_paths call: the grid fills in as the folder is labeled
+
+
+class LatestFrame:
+    """One-frame mailbox between the capture thread and its readers: a new frame overwrites the old one.
+
+    The display reads ``latest()``; the engine ``take()``s frames for inference. ``dropped`` counts frames
+    overwritten before the engine took them (the model was slower than the source)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._seq = 0
+        self._taken = 0
+        self.dropped = 0
+        self.on_put: Callable[[], None] | None = None  # the engine's wake-up
+
+    def put(self, frame: Frame) -> None:
+        with self._lock:
+            if self._frame is not None and self._taken < self._seq:
+                self.dropped += 1
+            self._frame = frame
+            self._seq += 1
+        if self.on_put is not None:
+            self.on_put()
+
+    def latest(self) -> tuple[int, Frame | None]:
+        with self._lock:
+            return self._seq, self._frame
+
+    def has_new(self) -> bool:
+        with self._lock:
+            return self._frame is not None and self._taken < self._seq
+
+    def take(self) -> Frame | None:
+        """The newest frame if the engine has not had it yet."""
+        with self._lock:
+            if self._frame is None or self._taken >= self._seq:
+                return None
+            self._taken = self._seq
+            return self._frame
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frame = None
+            self._taken = self._seq
+
+
+@dataclass
+class _Job:
+    name: str
+    fn: Callable[..., object]
+    args: tuple
+    cancel: CancelToken | None = None
+
+
+class _FolderState:
+    """The labeled folder: every file, its feature once embedded, the model's prediction, the human's label."""
+
+    def __init__(self, root: str, paths: list[str], dim: int) -> None:
+        self.root = root
+        self.paths = paths
+        self.row = {p: i for i, p in enumerate(paths)}
+        self.features = torch.zeros(len(paths), dim, dtype=torch.float16)  # half: 100k files ~ 300 MB
+        self.embedded = torch.zeros(len(paths), dtype=torch.bool)
+        self.predictions: dict[str, Prediction] = {}
+        self.confirmed: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        self.generation = -1  # classifier generation of `predictions`
+        self.tail_version = -1  # tail the features were computed with
+        self.complete = False  # every file embedded (or skipped): transductive prediction applies
+        self.predictions_stored = True  # predictions written to labels.sqlite (done at autosave)
+
+    def feature(self, path: str) -> torch.Tensor | None:
+        i = self.row.get(path)
+        return self.features[i].float() if i is not None and bool(self.embedded[i]) else None
+
+
+class Engine(QObject):
+    """See the module docstring. ``make_embedder`` runs in the engine thread (loading weights takes a while)."""
+
+    ready = Signal(str)  # model description, once the backbone is loaded
+    snapshotChanged = Signal(object)  # ModelSnapshot
+    livePrediction = Signal(object)  # LivePrediction
+    folderChanged = Signal(object)  # list[FolderItem], file order
+    folderSummary = Signal(str)
+    explanation = Signal(str, object)  # path, [(ExampleInfo, similarity)]
+    progress = Signal(str, str, int, int)  # job, stage, done, total
+    jobStarted = Signal(str)
+    jobFinished = Signal(str, str)  # job, summary for the status bar ("" when nothing to say)
+    message = Signal(str, str)  # level ("info" | "warning" | "error"), text
+    projectChanged = Signal(str, bool)  # project folder, is it the unsaved workspace
+    saved = Signal(str)  # project folder after an (auto)save
+
+    def __init__(self, make_embedder: Callable[[], Embedder], frames: LatestFrame, workspace: str | Path,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._make_embedder = make_embedder
+        self.frames = frames
+        self.workspace = Path(workspace)  # where unsaved projects live until "Save as"
+        self._cond = threading.Condition()
+        self._jobs: deque[_Job] = deque()
+        self._stop = False
+        self._current: _Job | None = None
+        self._thread: threading.Thread | None = None
+        frames.on_put = self._wake
+        # Everything below belongs to the engine thread.
+        self.embedder: Embedder | None = None
+        self.classifier: FewShotClassifier | None = None
+        self.project_folder: Path | None = None
+        self.project_unsaved = True
+        self.folder: _FolderState | None = None
+        self.live = True
+        self.roi: tuple[int, int, int, int] | None = None
+        self.transductive = True
+        self.settings: dict = {}
+        self._tail_version = 0
+        self._dirty_since: float | None = None
+        self._snapshot_generation = -1
+
+    # ------------------------------------------------------------------ thread control
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="protolabel-engine", daemon=True)
+        self._thread.start()
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Cancel the running job, save, stop the thread. True when it ended in time."""
+        with self._cond:
+            self._stop = True
+            if self._current is not None and self._current.cancel is not None:
+                self._current.cancel.cancel()
+            for job in self._jobs:
+                if job.cancel is not None:
+                    job.cancel.cancel()
+            self._cond.notify_all()
+        self.frames.on_put = None
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def busy(self) -> str:
+        """Name of the running job, "" when idle (any thread)."""
+        job = self._current
+        return job.name if job is not None else ""
+
+    def cancel(self, name: str | None = None) -> None:
+        """Cancel the running job (or only if it is `name`) and queued jobs of that name."""
+        with self._cond:
+            job = self._current
+            if job is not None and job.cancel is not None and (name is None or job.name == name):
+                job.cancel.cancel()
+            for queued in self._jobs:
+                if queued.cancel is not None and (name is None or queued.name == name):
+                    queued.cancel.cancel()
+
+    def _submit(self, name: str, fn: Callable[..., object], *args: object, cancellable: bool = False) -> None:
+        with self._cond:
+            self._jobs.append(_Job(name, fn, args, CancelToken() if cancellable else None))
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self.embedder = self._make_embedder()
+            self.embedder.on_message = lambda m: self.message.emit("warning", m)
+            self.classifier = FewShotClassifier(self.embedder)
+            backbone = self.embedder.backbone
+            self.ready.emit(f"{backbone.name} on {self.embedder.device.type.upper()}")
+        except Exception as exc:  # no model, no app: say why
+            log.exception("model failed to load")
+            self.message.emit("error", f"The model could not be loaded: {exc}")
+            return
+        if self.project_folder is None:
+            self._new_project()
+        while True:
+            with self._cond:
+                while not self._stop and not self._jobs and not self._idle_work_pending():
+                    self._cond.wait(self._wait_timeout())
+                if self._stop:
+                    break
+                job = self._jobs.popleft() if self._jobs else None
+                self._current = job
+            if job is not None:
+                self._run_job(job)
+                with self._cond:
+                    self._current = None
+            else:
+                self._idle_work()
+        self._autosave(force=True)
+
+    def _run_job(self, job: _Job) -> None:
+        self.jobStarted.emit(job.name)
+        summary = ""
+        try:
+            if job.cancel is not None and job.cancel.cancelled:
+                summary = f"{job.name}: cancelled"
+            else:
+                args = (*job.args, job.cancel) if job.cancel is not None else job.args
+                summary = job.fn(*args) or ""
+        except (ValueError, OSError, ImageError, ProjectError) as exc:
+            self.message.emit("error", str(exc))
+        except Exception as exc:  # a bug: report it, keep the app alive
+            log.error("%s failed:\n%s", job.name, traceback.format_exc())
+            self.message.emit("error", f"{job.name} failed: {type(exc).__name__}: {exc}")
+        self._after_change()
+        self.jobFinished.emit(job.name, str(summary))
+
+    # ------------------------------------------------------------------ idle work
+    def _idle_work_pending(self) -> bool:
+        c = self.classifier
+        if c is None:
+            return False
+        if self.live and c.ready() and self.frames.has_new():
+            return True
+        f = self.folder
+        if f is not None and bool(f.embedded.any()) and (f.tail_version != self._tail_version or
+                                                         (c.ready() and f.generation != c.generation)):
+            return True
+        return self._dirty_since is not None and time.monotonic() - self._dirty_since >= AUTOSAVE_DELAY_S
+
+    def _wait_timeout(self) -> float:
+        if self._dirty_since is not None:
+            return max(0.05, AUTOSAVE_DELAY_S - (time.monotonic() - self._dirty_since))
+        return 0.5
+
+    def _idle_work(self) -> None:
+        try:
+            f = self.folder
+            if f is not None and bool(f.embedded.any()) and f.tail_version != self._tail_version:
+                self._reembed_folder()
+            elif f is not None and self.classifier.ready() and f.generation != self.classifier.generation:
+                self._refresh_folder()
+            elif self.live and self.classifier.ready() and self.frames.has_new():
+                self._predict_live()
+            else:
+                self._autosave()
+        except Exception as exc:
+            log.error("background work failed:\n%s", traceback.format_exc())
+            self.message.emit("error", f"{type(exc).__name__}: {exc}")
+            self._dirty_since = None
+
+    def _predict_live(self) -> None:
+        frame = self.frames.take()
+        if frame is None:
+            return
+        roi = self.roi
+        try:
+            image = crop(frame.image, roi) if roi is not None else frame.image
+        except ValueError:
+            image, roi = frame.image, None
+        t0 = time.perf_counter()
+        pred = self.classifier.predict([image])[0]
+        latency = (time.perf_counter() - t0) * 1000
+        self.livePrediction.emit(LivePrediction(frame.index, self.classifier.generation, pred.label,
+                                                pred.probability, tuple(pred.topk), pred.similarity, latency, roi))
+
+    # ------------------------------------------------------------------ after every change
+    def _after_change(self) -> None:
+        c = self.classifier
+        if c is not None and c.generation != self._snapshot_generation:
+            self._snapshot_generation = c.generation
+            self.snapshotChanged.emit(self.snapshot())
+            self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    def snapshot(self) -> ModelSnapshot:
+        c = self.classifier
+        classes = tuple(ClassInfo(name, class_color(i), str(i + 1) if i < 9 else None, len(c.examples_of(name)))
+                        for i, name in enumerate(c.classes))
+        examples = tuple(ExampleInfo(e.id, e.class_name, e.image) for e in c.examples.values() if e.image is not None)
+        return ModelSnapshot(c.generation, classes, examples, c.adapted_tail is not None, dict(c.finetune_info),
+                             c.embedder.backbone.name, c.embedder.device.type)
+
+    # ------------------------------------------------------------------ intents: classes and examples
+    def add_class(self, name: str) -> None:
+        self._submit("add class", self._add_class, name)
+
+    def _add_class(self, name: str) -> str:
+        name = name.strip()
+        if not name:
+            raise ValueError("a class needs a name")
+        if name in self.classifier.classes:
+            raise ValueError(f"there is already a class '{name}'")
+        self.classifier.add_class(name)
+        return ""
+
+    def rename_class(self, old: str, new: str) -> None:
+        self._submit("rename class", self._rename_class, old, new)
+
+    def _rename_class(self, old: str, new: str) -> str:
+        self.classifier.rename_class(old, new.strip())
+        if self.folder is not None:
+            f = self.folder
+            f.confirmed = {p: (new.strip() if c == old else c) for p, c in f.confirmed.items()}
+            self._store_confirmed(list(f.confirmed))
+        return ""
+
+    def remove_class(self, name: str) -> None:
+        self._submit("remove class", self._remove_class, name)
+
+    def _remove_class(self, name: str) -> str:
+        self.classifier.remove_class(name)
+        if self.folder is not None:
+            self.folder.confirmed = {p: c for p, c in self.folder.confirmed.items() if c != name}
+            self.folder.generation = -1
+        return f"class '{name}' removed"
+
+    def capture(self, class_name: str, frame: Frame, roi: tuple[int, int, int, int] | None = None) -> None:
+        """Add a frame (or the part inside roi = (x0, y0, x1, y1)) to a class, creating the class if new."""
+        self._submit("capture", self._capture, class_name, frame, roi)
+
+    def _capture(self, class_name: str, frame: Frame, roi: tuple[int, int, int, int] | None) -> str:
+        if class_name not in self.classifier.classes:
+            self.classifier.add_class(class_name)
+        image = crop(frame.image, roi) if roi is not None else frame.image
+        source = frame.source if frame.source.startswith("camera") else f"{frame.source}#{frame.index}"
+        self.classifier.add_example(class_name, image, source)
+        return ""
+
+    def remove_example(self, example_id: str) -> None:
+        self._submit("remove example", self._remove_example, example_id)
+
+    def _remove_example(self, example_id: str) -> str:
+        if example_id in self.classifier.examples:
+            self.classifier.remove_example(example_id)
+        return ""
+
+    def move_example(self, example_id: str, class_name: str) -> None:
+        self._submit("move example", lambda: self.classifier.move_example(example_id, class_name) and "")
+
+    def add_files(self, class_name: str, paths: Sequence[str]) -> None:
+        """Image files and folders dropped on a class. With no class: a folder of class folders is imported
+        as a tree, any other folder becomes a class named after it."""
+        self._submit("add images", self._add_files, class_name, list(paths), cancellable=True)
+
+    def _add_files(self, class_name: str, paths: list[str], cancel: CancelToken) -> str:
+        groups: dict[str, list[str]] = {}
+        summaries: list[str] = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                if not class_name and len(class_folders(p)) >= 2 and not list_images(p, recursive=False):
+                    summaries.append(self._import_tree(str(p), cancel))
+                    continue
+                target = class_name or p.name
+                groups.setdefault(target, []).extend(str(x) for x in list_images(p))
+            elif p.is_file():
+                if not class_name:
+                    raise ValueError("drop image files onto a class (or drop a folder to make a class of it)")
+                groups.setdefault(class_name, []).append(str(p))
+        total = sum(len(v) for v in groups.values())
+        done, added, skipped = 0, 0, []
+        for name, files in groups.items():
+            if name not in self.classifier.classes:
+                self.classifier.add_class(name)
+            batch = self.embedder.batch_size
+            for i in range(0, len(files), batch):
+                if cancel.cancelled:
+                    break
+                images, sources = [], []
+                for path in files[i : i + batch]:
+                    try:
+                        images.append(load_image(path))
+                        sources.append(path)
+                    except (ImageError, OSError, MemoryError) as exc:
+                        skipped.append(f"{Path(path).name}: {getattr(exc, 'reason', exc)}")
+                if images:
+                    self.classifier.add_examples(name, images, sources)
+                    added += len(images)
+                done += len(files[i : i + batch])
+                self.progress.emit("add images", "adding examples", done, total)
+                self._after_change()
+        if skipped:
+            self.message.emit("warning", f"{len(skipped)} file(s) skipped: " + "; ".join(skipped[:5]))
+        if total:
+            summaries.append(f"{added} example(s) added" + (f", {len(skipped)} unreadable skipped" if skipped else "")
+                             + (" (cancelled)" if cancel.cancelled else ""))
+        return "; ".join(s for s in summaries if s)
+
+    def import_tree(self, root: str) -> None:
+        """A folder with one sub-folder per class -> classes and their examples."""
+        self._submit("import classes", self._import_tree, root, cancellable=True)
+
+    def _import_tree(self, root: str, cancel: CancelToken) -> str:
+        result = None
+        for item in add_support_tree(self.classifier, root, cancel):
+            if isinstance(item, SupportRun):
+                result = item
+            else:
+                self.progress.emit("import classes", item.stage, item.done, item.total)
+        assert result is not None
+        n = sum(result.added.values())
+        text = f"imported {n} example(s) into {len(result.added)} class(es)"
+        if result.skipped:
+            text += f", {len(result.skipped)} unreadable file(s) skipped"
+        return text + (" (cancelled)" if result.cancelled else "")
+
+    # ------------------------------------------------------------------ intents: live
+    def set_live(self, enabled: bool) -> None:
+        self.live = enabled
+        self._wake()
+
+    def set_roi(self, roi: tuple[int, int, int, int] | None) -> None:
+        self.roi = roi
+        self.settings["roi"] = list(roi) if roi else None
+
+    def set_transductive(self, on: bool) -> None:
+        self._submit("transductive", self._set_transductive, on)
+
+    def _set_transductive(self, on: bool) -> str:
+        self.transductive = on
+        if self.folder is not None:
+            self.folder.generation = -1  # predict the folder again
+        return ""
+
+    # ------------------------------------------------------------------ intents: fine-tuning
+    def finetune(self, budget_s: float = 10.0, max_steps: int = 40) -> None:
+        self._submit("fine-tune", self._finetune, budget_s, max_steps, cancellable=True)
+
+    def _finetune(self, budget_s: float, max_steps: int, cancel: CancelToken) -> str:
+        def progress(p) -> None:
+            self.progress.emit("fine-tune", p.phase, int(p.step), int(p.total_steps))
+
+        t0 = time.perf_counter()
+        result = self.classifier.finetune(budget_s=budget_s, max_steps=max_steps, progress=progress,
+                                          cancel=lambda: cancel.cancelled)
+        seconds = time.perf_counter() - t0
+        if result.cancelled:
+            return "fine-tuning cancelled; the model is unchanged"
+        self._tail_version += 1
+        text = f"fine-tuned in {seconds:.1f} s ({result.steps} steps, lr {result.lr:g})"
+        return text + (f": {result.message}" if result.message else "")
+
+    def reset_finetune(self) -> None:
+        self._submit("reset fine-tuning", self._reset_finetune)
+
+    def _reset_finetune(self) -> str:
+        self.classifier.reset_finetune()
+        self._tail_version += 1
+        return "back to the meta-learned model"
+
+    # ------------------------------------------------------------------ intents: folder labeling
+    def label_folder(self, root: str) -> None:
+        self._submit("label folder", self._label_folder, root, cancellable=True)
+
+    def _label_folder(self, root: str, cancel: CancelToken, confirmed: dict[str, str] | None = None) -> str:
+        root = str(Path(root).resolve())
+        paths = [str(p) for p in query_paths(root)]
+        if not paths:
+            raise ValueError(f"no images found in '{root}'")
+        f = _FolderState(root, paths, self.embedder.backbone.feature_dim)
+        if self.folder is not None and self.folder.root == root:
+            f.confirmed = dict(self.folder.confirmed)
+        if confirmed:
+            f.confirmed.update({p: c for p, c in confirmed.items() if p in f.row})
+        f.tail_version = self._tail_version
+        self.folder = f
+        self._mark_dirty()  # project.json names the labeled folder
+        self._emit_folder()
+        cache = open_embedding_cache(self.project_folder, self.embedder)
+        try:
+            self._embed_into(f, paths, cache, cancel, "label folder")
+        finally:
+            cache.close()
+        f.complete = not cancel.cancelled
+        self._refresh_folder()
+        n_ok = int(f.embedded.sum())
+        text = f"{n_ok} image(s) in {Path(root).name}"
+        if f.skipped:
+            text += f", {len(f.skipped)} unreadable skipped"
+        if cancel.cancelled:
+            text += " (cancelled: the rest is not labeled)"
+        return text
+
+    def _embed_into(self, f: _FolderState, paths: list[str], cache, cancel: CancelToken | None, job: str) -> None:
+        done = 0
+        for i in range(0, len(paths), FOLDER_CHUNK):
+            if cancel is not None and cancel.cancelled:
+                break
+            chunk = paths[i : i + FOLDER_CHUNK]
+            run = None
+            for item in label_paths(self.classifier, chunk, transductive=False, cancel=cancel, cache=cache):
+                if hasattr(item, "records"):
+                    run = item
+            assert run is not None
+            for s in run.skipped:
+                f.skipped[s.path] = s.reason
+            if run.paths:
+                rows = torch.as_tensor([f.row[p] for p in run.paths])
+                f.features[rows] = run.features.to(torch.float16)
+                f.embedded[rows] = True
+            for r in run.records:
+                f.predictions[r.path] = r.prediction
+            f.generation = self.classifier.generation if self.classifier.ready() else -1
+            done += len(chunk)
+            self.progress.emit(job, "labeling" if self.classifier.ready() else "embedding", done, len(paths))
+            self._emit_folder()
+
+    def _reembed_folder(self) -> None:
+        """The tail changed (fine-tuning or its reset): features again from the cached trunk maps."""
+        f = self.folder
+        f.tail_version = self._tail_version
+        paths = [p for p in f.paths if bool(f.embedded[f.row[p]])]
+        cache = open_embedding_cache(self.project_folder, self.embedder)
+        try:
+            self._embed_into(f, paths, cache, None, "update folder")
+        finally:
+            cache.close()
+        self.jobFinished.emit("update folder", "")
+        self._refresh_folder()
+
+    def _refresh_folder(self) -> None:
+        """Predict every embedded file again with the current support set (transductive when complete)."""
+        f = self.folder
+        c = self.classifier
+        f.generation = c.generation
+        if not c.ready():
+            f.predictions = {}
+        else:
+            rows = torch.nonzero(f.embedded).flatten()
+            if len(rows):
+                preds = c.predict_features(f.features[rows].float(), self.transductive and f.complete)
+                f.predictions = {f.paths[int(i)]: p for i, p in zip(rows, preds)}
+                f.predictions_stored = False
+                self._mark_dirty()
+        self._emit_folder()
+
+    def _items(self) -> list[FolderItem]:
+        f = self.folder
+        items = []
+        for p in f.paths:
+            pred = f.predictions.get(p)
+            if p in f.confirmed:
+                items.append(FolderItem(p, f.confirmed[p], 1.0, pred.similarity if pred else 0.0, "confirmed",
+                                        list(pred.topk) if pred else []))
+            elif pred is not None:
+                items.append(FolderItem(p, pred.label, pred.probability, pred.similarity, "predicted", list(pred.topk)))
+            elif p in f.skipped:
+                continue
+            else:
+                items.append(FolderItem(p, ""))
+        return items
+
+    def _emit_folder(self) -> None:
+        f = self.folder
+        if f is None:
+            self.folderChanged.emit([])
+            self.folderSummary.emit("")
+            return
+        self.folderChanged.emit(self._items())
+        summary = f"{len(f.skipped)} unreadable file(s) skipped" if f.skipped else ""
+        self.folderSummary.emit(summary)
+
+    def assign(self, paths: Sequence[str], class_name: str) -> None:
+        """The human says these folder images are `class_name`. A label that differs from the model's
+        prediction also becomes a support example, so the model learns from the correction."""
+        self._submit("correct", self._assign, list(paths), class_name)
+
+    def _assign(self, paths: list[str], class_name: str) -> str:
+        f = self.folder
+        if f is None:
+            return ""
+        if class_name not in self.classifier.classes:
+            self.classifier.add_class(class_name)
+        by_source = {e.source: e.id for e in self.classifier.examples.values() if e.source}
+        learn_paths, learn_images = [], []
+        for p in paths:
+            if p not in f.row:
+                continue
+            f.confirmed[p] = class_name
+            pred = f.predictions.get(p)
+            if p in by_source:
+                self.classifier.move_example(by_source[p], class_name)
+            elif pred is None or pred.label != class_name:
+                try:
+                    learn_images.append(load_image(p))
+                    learn_paths.append(p)
+                except ImageError as exc:
+                    self.message.emit("warning", exc.reason if hasattr(exc, "reason") else str(exc))
+        if learn_images:
+            self.classifier.add_examples(class_name, learn_images, learn_paths)
+        self._store_confirmed(paths)
+        self._emit_folder()
+        return (f"{len(paths)} image(s) labeled '{class_name}'"
+                + (f"; {len(learn_images)} correction(s) added as examples" if learn_images else ""))
+
+    def accept(self, paths: Sequence[str]) -> None:
+        self._submit("accept", self._accept, list(paths))
+
+    def _accept(self, paths: list[str]) -> str:
+        f = self.folder
+        if f is None:
+            return ""
+        took = []
+        for p in paths:
+            pred = f.predictions.get(p)
+            if p not in f.confirmed and pred is not None and not pred.is_unknown:
+                f.confirmed[p] = pred.label
+                took.append(p)
+        self._store_confirmed(took)
+        self._emit_folder()
+        left = len(paths) - len(took)
+        return f"{len(took)} label(s) accepted" + (f"; {left} unknown or already confirmed left as they are" if left else "")
+
+    def accept_above(self, threshold: float) -> None:
+        self._submit("accept", self._accept_above, threshold)
+
+    def _accept_above(self, threshold: float) -> str:
+        f = self.folder
+        if f is None:
+            return ""
+        paths = [p for p, pred in f.predictions.items()
+                 if p not in f.confirmed and not pred.is_unknown and pred.probability >= threshold]
+        return self._accept(paths) + f" (confidence ≥ {threshold:.2f})"
+
+    def explain(self, path: str) -> None:
+        self._submit("explain", self._explain, path)
+
+    def _explain(self, path: str) -> str:
+        f = self.folder
+        feature = f.feature(path) if f is not None else None
+        if feature is None or not self.classifier.examples:
+            self.explanation.emit(path, [])
+            return ""
+        feat = feature.float()
+        near = self.classifier.nearest_examples(feat, k=4)
+        self.explanation.emit(path, [(ExampleInfo(e.id, e.class_name, e.image), s) for e, s in near
+                                     if e.image is not None])
+        return ""
+
+    def show_file(self, path: str) -> None:
+        """Put one image file into the live view (the folder source: the selected image is the query)."""
+        self._submit("open image", self._show_file, path)
+
+    def _show_file(self, path: str) -> str:
+        image = load_image(path)
+        self.frames.put(Frame(image, 0, time.monotonic(), path))
+        return ""
+
+    def _store_confirmed(self, paths: Sequence[str]) -> None:
+        f = self.folder
+        rows = []
+        for p in paths:
+            if p in f.confirmed:
+                cls = f.confirmed[p]
+                pred = f.predictions.get(p)
+                rows.append((p, Prediction(cls, 1.0, [(cls, 1.0)], pred.similarity if pred else 0.0, cls), "confirmed"))
+        store_labels(self.project_folder, rows, f.root)
+
+    def _store_predictions(self) -> None:
+        f = self.folder
+        if f is None or f.predictions_stored:
+            return
+        f.predictions_stored = True
+        rows = [(p, pred, "predicted") for p, pred in f.predictions.items() if p not in f.confirmed]
+        store_labels(self.project_folder, rows, f.root)
+
+    def records(self) -> list[LabelRecord]:
+        """The folder's labels as core records (engine thread): human labels first-class, then predictions."""
+        f = self.folder
+        out = []
+        if f is None:
+            return out
+        for item in self._items():
+            if not item.label:
+                continue
+            pred = f.predictions.get(item.path)
+            if item.source == "confirmed":
+                out.append(LabelRecord(item.path, Prediction(item.label, 1.0, [(item.label, 1.0)],
+                                                             pred.similarity if pred else 0.0, item.label), "confirmed"))
+            else:
+                out.append(LabelRecord(item.path, pred, "predicted"))
+        return out
+
+    def export_csv(self, path: str) -> None:
+        self._submit("export", self._export_csv, path)
+
+    def _export_csv(self, path: str) -> str:
+        records = self.records()
+        if not records:
+            raise ValueError("there are no labels to export yet: label a folder first")
+        write_labels_csv(records, path)
+        return f"{len(records)} label(s) exported to {path}"
+
+    # ------------------------------------------------------------------ intents: projects
+    def new_project(self) -> None:
+        self._submit("new project", self._new_project)
+
+    def _new_project(self) -> str:
+        self._autosave(force=True)
+        self.classifier = FewShotClassifier(self.embedder)
+        self.folder = None
+        self.settings = {}
+        self.roi = None
+        self._tail_version += 1
+        folder = self.workspace / time.strftime("untitled-%Y%m%d-%H%M%S")
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = self.workspace / time.strftime(f"untitled-%Y%m%d-%H%M%S-{n}")
+        self._set_project(folder, unsaved=True)
+        self._emit_folder()
+        return ""
+
+    def _set_project(self, folder: Path, unsaved: bool) -> None:
+        self.project_folder = folder
+        self.project_unsaved = unsaved
+        self._snapshot_generation = -1
+        self._dirty_since = None
+        self.projectChanged.emit(str(folder), unsaved)
+
+    def open_project(self, folder: str) -> None:
+        self._submit("open project", self._open_project, folder, cancellable=True)
+
+    def _open_project(self, folder: str, cancel: CancelToken) -> str:
+        project = load_project(folder, self.embedder)  # ProjectError -> message; the current project stays
+        self._autosave(force=True)
+        self.classifier = project.classifier
+        self.folder = None
+        self.settings = dict(project.settings)
+        roi = self.settings.get("roi")
+        self.roi = tuple(roi) if roi else None
+        self._tail_version += 1
+        self._set_project(Path(folder), unsaved=Path(folder).resolve().parent == self.workspace.resolve())
+        self._after_change()
+        self._emit_folder()
+        root = project.query_root
+        if root and Path(root).is_dir():
+            confirmed = {}
+            for label in project.labels():
+                if label.source == "confirmed":
+                    try:
+                        confirmed[str(project.resolve(label.path))] = label.label
+                    except ProjectError:
+                        continue
+            self._label_folder(root, cancel, confirmed)
+        elif root:
+            self.message.emit("warning", f"the project's image folder '{root}' is not there any more; "
+                                         "its labels are kept in the project")
+        self._dirty_since = None
+        return f"opened {project.name}"
+
+    def save_project(self, folder: str | None = None) -> None:
+        """Save (folder None) or save as (a new folder: labels are copied over)."""
+        self._submit("save", self._save_project, folder)
+
+    def _save_project(self, folder: str | None) -> str:
+        target = Path(folder) if folder else self.project_folder
+        if folder and target.resolve() != self.project_folder.resolve():
+            if (target / "project.json").exists() or (target.exists() and any(target.iterdir())):
+                if not (target / "project.json").exists():
+                    raise ValueError(f"'{target}' is not empty: pick an empty folder for the project")
+            self._write(target)
+            if self.folder is not None:
+                store_labels(target, [(r.path, r.prediction, r.source) for r in self.records()], self.folder.root)
+            self._set_project(target, unsaved=False)
+        else:
+            self._write(target)
+        self._dirty_since = None
+        return f"saved to {target}"
+
+    def _write(self, folder: Path) -> None:
+        root = self.folder.root if self.folder is not None else None
+        save_project(folder, self.classifier, query_root=root, settings=self.settings)
+        self.saved.emit(str(folder))
+
+    def _autosave(self, force: bool = False) -> None:
+        if self.classifier is None or self.project_folder is None:
+            return
+        if self._dirty_since is None and not force:
+            return
+
+        if force and self._dirty_since is None and not (self.project_folder / "project.json").exists():
+            if not self.classifier.classes:
+                return  # nothing to keep
+        try:
+            self._write(self.project_folder)
+            self._store_predictions()
+        except OSError as exc:
+            self.message.emit("error", f"autosave failed: {exc}")
+        self._dirty_since = None

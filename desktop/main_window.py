@@ -1,0 +1,662 @@
+"""The main window: sources, live view, folder grid, classes panel, projects. Wires widgets to the engine.
+
+The engine (desktop.engine) owns the model in its own thread; this window forwards the widgets' intents to
+it and renders what it sends back. No model work and no file decoding happen on the UI thread.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core import (
+    VIDEO_EXTENSIONS,
+    CameraSource,
+    Embedder,
+    FrameSource,
+    VideoFileSource,
+    __version__,
+)
+
+from .class_panel import ClassPanel
+from .engine import Engine, LatestFrame
+from .folder_view import FolderView
+from .live_view import LiveView
+from .state import LivePrediction, ModelSnapshot
+from .workers import CameraProbe, SourceRunner
+
+BURST_INTERVAL_MS = 200  # hold-to-capture: five frames a second
+LONG_JOBS = {"label folder", "update folder", "fine-tune", "import classes", "add images", "open project"}
+RESOLUTIONS = [("Camera default", None), ("640 × 480", (640, 480)), ("1280 × 720", (1280, 720)),
+               ("1920 × 1080", (1920, 1080))]
+
+
+def default_embedder() -> Embedder:
+    """The embedded default model on the best device; one core left for the camera and the GUI."""
+    from core import DEFAULT_BACKBONE, configure_threads, create_backbone
+
+    configure_threads(reserve=1)
+    return Embedder(create_backbone(DEFAULT_BACKBONE), "auto", batch_size=16)
+
+
+class MessageBar(QFrame):
+    """A non-blocking notice above the views: errors stay until closed, other notices fade after a while."""
+
+    COLORS = {"error": "#b3261e", "warning": "#8a6d00", "info": "#2e5d8a"}
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = QLabel(wordWrap=True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton(text="✕", autoRaise=True)
+        close.clicked.connect(self.hide)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(10, 4, 4, 4)
+        lay.addWidget(self.label, 1)
+        lay.addWidget(close)
+        self._timer = QTimer(self, singleShot=True, timeout=self.hide)
+        self.hide()
+
+    def show_message(self, level: str, text: str) -> None:
+        self.setStyleSheet(f"MessageBar {{ background: {self.COLORS.get(level, '#2e5d8a')}; border-radius: 4px; }}"
+                           "QLabel, QToolButton { color: white; }")
+        self.label.setText(text)
+        self.show()
+        if level == "error":
+            self._timer.stop()
+        else:
+            self._timer.start(10_000)
+
+
+class CameraDialog(QDialog):
+    """Choose a camera (probed in a thread) or a stream address, and a resolution."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Open camera")
+        self.cameras = QComboBox()
+        self.cameras.addItem("Looking for cameras…", None)
+        self.cameras.setEnabled(False)
+        self.url = QLineEdit(placeholderText="rtsp://… or http://… (optional)")
+        self.resolution = QComboBox()
+        for text, size in RESOLUTIONS:
+            self.resolution.addItem(text, size)
+        form = QFormLayout(self)
+        form.addRow("Camera", self.cameras)
+        form.addRow("or stream", self.url)
+        form.addRow("Resolution", self.resolution)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+        self.probe = CameraProbe(self)
+        self.probe.found.connect(self._on_probe_found)
+        self.probe.start()
+
+    def _on_probe_found(self, cameras: list) -> None:
+        self.cameras.clear()
+        for cam in cameras:
+            size = f" ({cam.width}×{cam.height})" if cam.width else ""
+            self.cameras.addItem(f"{cam.index}: {cam.name}{size}", cam.index)
+        if not cameras:
+            self.cameras.addItem("No camera found (plug one in, or type a stream address)", None)
+        self.cameras.setEnabled(bool(cameras))
+
+    def choice(self) -> tuple[int | str | None, tuple[int, int] | None]:
+        device = self.url.text().strip() or self.cameras.currentData()
+        return device, self.resolution.currentData()
+
+    def done(self, result: int) -> None:
+        self.probe.join(0.1)
+        super().done(result)
+
+
+class TaskBar(QWidget):
+    """Progress of the engine's long job, with Cancel; lives in the status bar."""
+
+    def __init__(self, on_cancel: Callable[[], None], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = QLabel()
+        self.bar = QProgressBar(maximumWidth=220, textVisible=True)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.clicked.connect(on_cancel)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.label)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.cancel)
+        self.hide()
+
+    def show_progress(self, stage: str, done: int, total: int) -> None:
+        self.label.setText(stage)
+        self.bar.setRange(0, max(total, 1))
+        self.bar.setValue(min(done, max(total, 1)))
+        self.bar.setFormat(f"{done} / {total}")
+        self.show()
+
+
+class MainWindow(QMainWindow):
+    """ProtoLabel's window. make_embedder, workspace and settings are injectable (tests, selftest)."""
+
+    def __init__(self, make_embedder: Callable[[], Embedder] = default_embedder, workspace: str | Path | None = None,
+                 settings: QSettings | None = None, open_last: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle("ProtoLabel")
+        self.resize(1400, 880)
+        self.settings = settings or QSettings("ProtoLabel", "ProtoLabel")
+        if workspace is None:
+            workspace = Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "unsaved"
+        self.frames = LatestFrame()
+        self.engine = Engine(make_embedder, self.frames, workspace)
+        self.sources = SourceRunner(self.frames)
+        self.snapshot = ModelSnapshot(-1)
+        self.project_folder = ""
+        self.project_unsaved = True
+        self.model_ready = False
+        self.messages: list[tuple[str, str]] = []  # (level, text), newest last: what the user was told
+        self._shown_seq = 0
+        self._source_times: list[float] = []
+        self._model_times: list[float] = []
+        self._burst_class: str | None = None
+        self._burst_count = 0
+        self._pending_classes: list[str] = []
+        self._closing = False
+
+        self.live = LiveView()
+        self.folder_view = FolderView()
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.live, "Live")
+        self.tabs.addTab(self.folder_view, "Folder")
+        self.message_bar = MessageBar()
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addWidget(self.message_bar)
+        lay.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+
+        self.class_panel = ClassPanel()
+        dock = QDockWidget("Classes", self)
+        dock.setObjectName("classes")
+        dock.setFeatures(QDockWidget.DockWidgetFeature.NoDockWidgetFeatures)
+        dock.setTitleBarWidget(QWidget())
+        dock.setWidget(self.class_panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+
+        self.task_bar = TaskBar(lambda: self.engine.cancel())
+        self.source_label = QLabel("No source")
+        self.model_label = QLabel("Loading model…")
+        self.statusBar().addPermanentWidget(self.task_bar)
+        self.statusBar().addPermanentWidget(self.source_label)
+        self.statusBar().addPermanentWidget(self.model_label)
+
+        self._build_actions()
+        self._connect()
+        self._frame_timer = QTimer(self, interval=30, timeout=self._on_frame_timer)
+        self._frame_timer.start()
+        self._burst_timer = QTimer(self, interval=BURST_INTERVAL_MS, timeout=self._on_burst_timer)
+        self._explain_timer = QTimer(self, singleShot=True, interval=120, timeout=self._on_explain_timer)
+        self._explain_path = ""
+        self.engine.start()
+        last = self.settings.value("last_project", "", str)
+        if open_last and last and (Path(last) / "project.json").is_file():
+            self.engine.open_project(last)
+
+    # ------------------------------------------------------------------ setup
+    def _action(self, text: str, slot: Callable, shortcut: str | QKeySequence.StandardKey | None = None,
+                tip: str = "") -> QAction:
+        act = QAction(text, self)
+        if shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        act.triggered.connect(lambda _=False: slot())
+        return act
+
+    def _build_actions(self) -> None:
+        A = self._action
+        self.act_new = A("&New project", self.new_project, QKeySequence.StandardKey.New)
+        self.act_open = A("&Open project…", self.open_project, QKeySequence.StandardKey.Open)
+        self.act_save = A("&Save project", self.save_project, QKeySequence.StandardKey.Save)
+        self.act_save_as = A("Save project &as…", self.save_project_as, QKeySequence.StandardKey.SaveAs)
+        self.act_export = A("&Export labels (CSV)…", self.export_csv, "Ctrl+E", "Write the folder's labels to a CSV file")
+        self.act_quit = A("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.act_camera = A("&Camera…", self.open_camera, "Ctrl+Shift+C", "Use a webcam as the source")
+        self.act_video = A("&Video file…", self.open_video, "Ctrl+Shift+V", "Use a video file as the source")
+        self.act_folder = A("&Image folder…", self.open_folder, "Ctrl+Shift+F",
+                            "Label every image of a folder, least confident first")
+        self.act_stop = A("&Stop source", self.stop_source)
+        self.act_import = A("Import folder of &classes…", self.import_tree, None,
+                            "A folder with one sub-folder of examples per class")
+        self.act_finetune = A("&Fine-tune", self.finetune, "Ctrl+T",
+                              "Adapt the model to your examples (a few seconds); predictions get better")
+        self.act_reset = A("&Reset fine-tuning", self.engine.reset_finetune)
+        self.act_transductive = QAction("Use the whole folder when predicting (transductive)", self, checkable=True,
+                                        checked=True)
+        self.act_transductive.toggled.connect(self._on_transductive_toggled)
+        self.act_help = A("&Getting started", self.show_help, QKeySequence.StandardKey.HelpContents)
+        self.act_about = A("&About ProtoLabel", self.show_about)
+
+        bar = self.menuBar()
+        m = bar.addMenu("&Project")
+        for a in (self.act_new, self.act_open):
+            m.addAction(a)
+        self.recent_menu = m.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        for a in (self.act_save, self.act_save_as, None, self.act_export, None, self.act_quit):
+            m.addSeparator() if a is None else m.addAction(a)
+        m = bar.addMenu("&Source")
+        for a in (self.act_camera, self.act_video, self.act_folder, None, self.act_stop):
+            m.addSeparator() if a is None else m.addAction(a)
+        m = bar.addMenu("&Model")
+        for a in (self.act_import, None, self.act_finetune, self.act_reset, None, self.act_transductive):
+            m.addSeparator() if a is None else m.addAction(a)
+        m = bar.addMenu("&Help")
+        m.addAction(self.act_help)
+        m.addAction(self.act_about)
+
+        tb = self.addToolBar("Main")
+        tb.setObjectName("main")
+        tb.setMovable(False)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        for a in (self.act_camera, self.act_video, self.act_folder, None, self.act_finetune, None, self.act_save,
+                  self.act_export):
+            tb.addSeparator() if a is None else tb.addAction(a)
+
+    def _connect(self) -> None:
+        e = self.engine
+        e.ready.connect(self._on_engine_ready)
+        e.snapshotChanged.connect(self._on_engine_snapshot)
+        e.livePrediction.connect(self._on_engine_live_prediction)
+        e.folderChanged.connect(self._on_engine_folder_changed)
+        e.folderSummary.connect(self.folder_view.set_summary)
+        e.explanation.connect(self.folder_view.show_explanation)
+        e.progress.connect(self._on_engine_progress)
+        e.jobStarted.connect(self._on_engine_job_started)
+        e.jobFinished.connect(self._on_engine_job_finished)
+        e.message.connect(self.show_message)
+        e.projectChanged.connect(self._on_engine_project_changed)
+        e.saved.connect(lambda folder: self.statusBar().showMessage(f"Saved {folder}", 3000))
+        s = self.sources
+        s.opened.connect(self._on_source_opened)
+        s.failed.connect(self._on_source_failed)
+        s.ended.connect(self._on_source_ended)
+        cp = self.class_panel
+        cp.addClassRequested.connect(e.add_class)
+        cp.renameClassRequested.connect(e.rename_class)
+        cp.removeClassRequested.connect(e.remove_class)
+        cp.captureRequested.connect(self._on_class_panel_capture)
+        cp.burstRequested.connect(self._on_class_panel_burst)
+        cp.removeExampleRequested.connect(e.remove_example)
+        cp.moveExampleRequested.connect(e.move_example)
+        cp.filesDropped.connect(e.add_files)
+        cp.importTreeRequested.connect(self.import_tree)
+        fv = self.folder_view
+        fv.assignRequested.connect(e.assign)
+        fv.acceptRequested.connect(e.accept)
+        fv.acceptAboveRequested.connect(e.accept_above)
+        fv.cancelRequested.connect(lambda: e.cancel("label folder"))
+        fv.currentChanged.connect(self._on_folder_current_changed)
+        fv.openRequested.connect(self._on_folder_open_requested)
+        self.live.roiChanged.connect(e.set_roi)
+        self.live.captureRequested.connect(self.capture)
+
+    # ------------------------------------------------------------------ messages
+    def show_message(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+        self.message_bar.show_message(level, text)
+        self.statusBar().showMessage(text, 8000)
+
+    # ------------------------------------------------------------------ sources
+    def open_camera(self, device: int | str | None = None, resolution: tuple[int, int] | None = None) -> None:
+        if device is None:
+            dialog = CameraDialog(self)
+            if dialog.exec() != QDialog.DialogCode.Accepted:
+                return
+            device, resolution = dialog.choice()
+            if device is None:
+                self.show_message("warning", "No camera chosen. Plug one in and try again, or open a video file.")
+                return
+        w, h = resolution if resolution else (None, None)
+        self.start_source(CameraSource(device, width=w, height=h))
+
+    def open_video(self, path: str | None = None) -> None:
+        if path is None:
+            pattern = " ".join(f"*{x}" for x in sorted(VIDEO_EXTENSIONS))
+            path, _ = QFileDialog.getOpenFileName(self, "Open a video", self._last_dir(), f"Videos ({pattern})")
+            if not path:
+                return
+        self._remember_dir(path)
+        self.start_source(VideoFileSource(path, realtime=True, loop=True))
+
+    def start_source(self, source: FrameSource) -> None:
+        self.frames.clear()
+        self.live.set_frame(None)
+        self.live.set_prediction(None)
+        self.live.hint = f"Opening {source.name}…"
+        self.source_label.setText(f"Opening {source.name}…")
+        self._source_times.clear()
+        self.sources.start(source)
+        self.tabs.setCurrentWidget(self.live)
+
+    def stop_source(self) -> None:
+        self.sources.stop()
+        self.source_label.setText("No source")
+        self.live.source_fps = 0.0
+
+    def open_folder(self, path: str | None = None) -> None:
+        """The image-folder source: label every image; the live view shows the one selected in the grid."""
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Label an image folder", self._last_dir())
+            if not path:
+                return
+        self._remember_dir(path)
+        self.stop_source()
+        self.source_label.setText(f"Folder {Path(path).name}")
+        self.engine.label_folder(path)
+        self.tabs.setCurrentWidget(self.folder_view)
+
+    def _on_source_opened(self, name: str) -> None:
+        self.source_label.setText(name)
+        self.live.hint = "Waiting for the first frame…"
+        self.settings.setValue("last_source", name)
+
+    def _on_source_failed(self, text: str) -> None:
+        self.source_label.setText("No source")
+        self.live.hint = f"{text}\n\nPick another source in the toolbar."
+        self.live.set_frame(None)
+        self.show_message("error", text)
+
+    def _on_source_ended(self, name: str) -> None:
+        self.source_label.setText(f"{name} (ended)")
+
+    def _on_frame_timer(self) -> None:
+        seq, frame = self.frames.latest()
+        if frame is None or seq == self._shown_seq:
+            return
+        self._shown_seq = seq
+        self.live.set_frame(frame)
+        self.live.source_fps = _rate(self._source_times)
+        self.class_panel.set_capture_enabled(True)
+
+    # ------------------------------------------------------------------ capture
+    def capture(self, class_name: str) -> bool:
+        """Add the picture on screen (or the region) to a class. False when there is no picture."""
+        frame = self.live.frame()
+        if frame is None:
+            self.show_message("info", "Nothing to capture yet: pick a camera, a video or an image folder first.")
+            return False
+        self.engine.capture(class_name, frame, self.live.roi())
+        return True
+
+    def start_burst(self, class_name: str) -> None:
+        self._burst_class = class_name
+        self._burst_count = 0
+        self.class_panel.set_recording(class_name)
+        self._burst_timer.start()
+
+    def stop_burst(self) -> None:
+        self._burst_timer.stop()
+        self._burst_class = None
+        self.class_panel.set_recording(None)
+
+    def _on_burst_timer(self) -> None:
+        if self._burst_class is not None and self.capture(self._burst_class):
+            self._burst_count += 1
+
+    def _on_class_panel_burst(self, class_name: str, pressed: bool) -> None:
+        if pressed:
+            self.start_burst(class_name)
+        else:
+            self.stop_burst()
+
+    def _on_class_panel_capture(self, class_name: str) -> None:
+        if self._burst_count:  # the press was held long enough to record: the click adds nothing more
+            self._burst_count = 0
+            return
+        self.capture(class_name)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        key = event.text()
+        if self.tabs.currentWidget() is self.live and key.isdigit() and key != "0" and not event.modifiers() & (
+                Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
+            if not event.isAutoRepeat():
+                self._on_class_key(int(key))
+            return
+        super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event: QKeyEvent) -> None:
+        if event.text().isdigit() and not event.isAutoRepeat() and self._burst_class is not None:
+            self.stop_burst()
+            return
+        super().keyReleaseEvent(event)
+
+    def _on_class_key(self, n: int) -> None:
+        # Classes made by keys a moment ago may not be in the snapshot yet (the engine answers asynchronously).
+        names = [c.name for c in self.snapshot.classes]
+        names += [p for p in self._pending_classes if p not in names]
+        if n <= len(names):
+            name = names[n - 1]
+        elif n == len(names) + 1:
+            name = f"Class {n}"  # the next number makes the next class, as in Teachable Machine
+            self._pending_classes.append(name)
+        else:
+            self.show_message("info", f"Key {n} has no class yet: add classes 1 to {n} first.")
+            return
+        if self.capture(name):
+            self.start_burst(name)
+            self._burst_count = 1
+
+    # ------------------------------------------------------------------ engine results
+    def _on_engine_ready(self, description: str) -> None:
+        self.model_ready = True
+        self.model_label.setText(description)
+
+    def _on_engine_snapshot(self, snapshot: ModelSnapshot) -> None:
+        self.snapshot = snapshot
+        names = {c.name for c in snapshot.classes}
+        self._pending_classes = [p for p in self._pending_classes if p not in names]
+        self.class_panel.set_snapshot(snapshot)
+        self.live.set_snapshot(snapshot)
+        self.folder_view.set_classes(snapshot.classes)
+        tuned = " · fine-tuned" if snapshot.finetuned else ""
+        self.model_label.setText(f"{snapshot.backbone} on {snapshot.device.upper()}{tuned}")
+        if not any(c.count for c in snapshot.classes):
+            self.live.set_prediction(None)
+            self.class_panel.set_highlight(None)
+
+    def _on_engine_live_prediction(self, pred: LivePrediction) -> None:
+        if pred.generation < self.snapshot.generation:
+            return  # computed before the last change of the support set
+        self.live.model_fps = _rate(self._model_times)
+        self.live.set_prediction(pred)
+        self.class_panel.set_highlight(None if pred.label == "unknown" else pred.label)
+
+    def _on_engine_folder_changed(self, items: list) -> None:
+        self.folder_view.set_items(items)
+        n = len(items)
+        self.tabs.setTabText(1, f"Folder ({n})" if n else "Folder")
+
+    def _on_engine_progress(self, job: str, stage: str, done: int, total: int) -> None:
+        self.task_bar.show_progress(f"{job}: {stage}", done, total)
+        if job in ("label folder", "update folder"):
+            self.folder_view.set_progress(stage, done, total)
+
+    def _on_engine_job_started(self, job: str) -> None:
+        if job in LONG_JOBS:
+            self.task_bar.show_progress(job, 0, 0)
+        if job == "fine-tune":
+            self.live.status = "fine-tuning… predictions resume when it is done"
+            self.live.update()
+            self.act_finetune.setEnabled(False)
+
+    def _on_engine_job_finished(self, job: str, summary: str) -> None:
+        if job in LONG_JOBS:
+            self.task_bar.hide()
+        if job in ("label folder", "update folder", "open project"):
+            self.folder_view.set_busy(False)
+        if job == "fine-tune":
+            self.live.status = ""
+            self.live.update()
+            self.act_finetune.setEnabled(True)
+        if summary:
+            self.statusBar().showMessage(summary, 10_000)
+            self.messages.append(("info", summary))
+
+    def _on_engine_project_changed(self, folder: str, unsaved: bool) -> None:
+        self.project_folder, self.project_unsaved = folder, unsaved
+        name = Path(folder).name
+        self.setWindowTitle(f"ProtoLabel — {'Untitled project' if unsaved else name}")
+        self.settings.setValue("last_project", folder)
+        if not unsaved:
+            recent = [folder] + [p for p in self.settings.value("recent_projects", [], list) or [] if p != folder]
+            self.settings.setValue("recent_projects", recent[:8])
+
+    def _on_folder_current_changed(self, path: str) -> None:
+        self._explain_path = path
+        self._explain_timer.start()  # arrows held down: only the image the user stops on is explained
+
+    def _on_explain_timer(self) -> None:
+        if self._explain_path:
+            self.engine.explain(self._explain_path)
+            self.engine.show_file(self._explain_path)
+
+    def _on_folder_open_requested(self, path: str) -> None:
+        self.engine.show_file(path)
+        self.tabs.setCurrentWidget(self.live)
+
+    def _on_transductive_toggled(self, on: bool) -> None:
+        self.engine.set_transductive(on)
+
+    # ------------------------------------------------------------------ model
+    def finetune(self) -> None:
+        counts = [c.count for c in self.snapshot.classes if c.count]
+        if len(counts) < 2:
+            self.show_message("info", "Fine-tuning needs examples of at least two classes.")
+            return
+        self.engine.finetune()
+
+    def import_tree(self, path: str | None = None) -> None:
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Folder with one sub-folder per class", self._last_dir())
+            if not path:
+                return
+        self._remember_dir(path)
+        self.engine.import_tree(path)
+
+    # ------------------------------------------------------------------ projects
+    def new_project(self) -> None:
+        self.engine.new_project()
+
+    def open_project(self, path: str | None = None) -> None:
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Open a ProtoLabel project folder", self._last_dir())
+            if not path:
+                return
+        if not (Path(path) / "project.json").is_file():
+            self.show_message("error", f"'{path}' is not a ProtoLabel project (it has no project.json).")
+            return
+        self.engine.open_project(path)
+
+    def save_project(self) -> None:
+        if self.project_unsaved:
+            self.save_project_as()
+        else:
+            self.engine.save_project()
+
+    def save_project_as(self, path: str | None = None) -> None:
+        if path is None:
+            path = QFileDialog.getExistingDirectory(self, "Save the project into a (new, empty) folder", self._last_dir())
+            if not path:
+                return
+        self.engine.save_project(path)
+
+    def export_csv(self, path: str | None = None) -> None:
+        if path is None:
+            start = str(Path(self._last_dir()) / "labels.csv")
+            path, _ = QFileDialog.getSaveFileName(self, "Export labels", start, "CSV (*.csv)")
+            if not path:
+                return
+        self.engine.export_csv(path)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        recent = [p for p in self.settings.value("recent_projects", [], list) or [] if Path(p).is_dir()]
+        for p in recent:
+            self.recent_menu.addAction(p).triggered.connect(lambda _=False, p=p: self.open_project(p))
+        if not recent:
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+
+    def _last_dir(self) -> str:
+        return self.settings.value("last_dir", str(Path.home()), str)
+
+    def _remember_dir(self, path: str) -> None:
+        p = Path(path)
+        self.settings.setValue("last_dir", str(p if p.is_dir() else p.parent))
+
+    # ------------------------------------------------------------------ help
+    def show_help(self) -> None:
+        QMessageBox.information(self, "Getting started", (
+            "1. Pick a source: Camera, Video file or Image folder (toolbar).\n"
+            "2. Add a class in the panel on the right (or press 1, 2, … on the live view).\n"
+            "3. Hold a class's button or its number key to capture examples (several per second). Drag on the\n"
+            "   picture to capture a region only; drop image files or folders on a class.\n"
+            "4. Predictions appear at once. Fine-tune (Ctrl+T) adapts the model in a few seconds.\n"
+            "5. Image folder: the grid shows the least confident images first. Press a class's number to\n"
+            "   correct, Enter to accept; corrections become examples.\n"
+            "6. Export the labels as CSV (Ctrl+E). Projects are saved automatically."))
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About ProtoLabel", f"ProtoLabel {__version__}\nLabel images from a few examples, "
+                                                    "offline. Model: " + self.model_label.text())
+
+    # ------------------------------------------------------------------ shutdown
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop every thread and timer; the engine saves the project first. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for t in (self._frame_timer, self._burst_timer, self._explain_timer):
+            t.stop()
+        self.sources.stop(wait=3.0)
+        self.engine.shutdown()
+        self.folder_view.shutdown()
+        self.settings.sync()
+
+
+def _rate(times: list[float], window: int = 30) -> float:
+    """Events per second over the last `window` events; appends now."""
+    now = time.monotonic()
+    times.append(now)
+    del times[:-window]
+    if len(times) < 2 or times[-1] == times[0]:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])

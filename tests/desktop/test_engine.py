@@ -1,0 +1,211 @@
+"""The engine thread on its own (no widgets): live predictions, folder labeling, corrections, projects."""
+from __future__ import annotations
+
+import csv
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from core import Frame
+from synthetic import draw_shape, write_tree
+
+from desktop.engine import Engine, LatestFrame
+
+
+@pytest.fixture
+def engine(qtbot, tmp_path, embedder):
+    frames = LatestFrame()
+    eng = Engine(lambda: embedder, frames, tmp_path / "workspace")
+    events: dict[str, list] = {"snap": [], "live": [], "folder": [], "done": [], "msg": [], "progress": []}
+    eng.snapshotChanged.connect(events["snap"].append)
+    eng.livePrediction.connect(events["live"].append)
+    eng.folderChanged.connect(events["folder"].append)
+    eng.jobFinished.connect(lambda job, text: events["done"].append((job, text)))
+    eng.message.connect(lambda level, text: events["msg"].append((level, text)))
+    eng.progress.connect(lambda *a: events["progress"].append(a))
+    eng.events = events
+    with qtbot.waitSignal(eng.ready, timeout=30_000):
+        eng.start()
+    yield eng
+    assert eng.shutdown(), "engine thread did not stop"
+
+
+def _frame(kind: str, seed: int, index: int = 0) -> Frame:
+    return Frame(draw_shape(kind, np.random.default_rng(seed)), index, time.monotonic(), "camera:0")
+
+
+def _until(qtbot, condition, timeout: int = 5_000) -> None:
+    qtbot.waitUntil(lambda: bool(condition()), timeout=timeout)
+
+
+def _finish(qtbot, engine, job: str, timeout: int = 60_000) -> str:
+    _until(qtbot, lambda: any(j == job for j, _ in engine.events["done"]), timeout=timeout)
+    text = [t for j, t in engine.events["done"] if j == job][-1]
+    engine.events["done"].clear()
+    return text
+
+
+def test_captures_make_classes_and_live_predictions_follow(qtbot, engine):
+    for i in range(3):
+        engine.capture("circle", _frame("circle", i))
+        engine.capture("square", _frame("square", 100 + i))
+    _until(qtbot, lambda: engine.events["snap"] and
+                    {c.name: c.count for c in engine.events["snap"][-1].classes} == {"circle": 3, "square": 3},
+                    timeout=30_000)
+    snap = engine.events["snap"][-1]
+    assert [c.key for c in snap.classes] == ["1", "2"] and snap.classes[0].color != snap.classes[1].color
+    assert len(snap.examples) == 6 and snap.examples[0].thumbnail.dtype == np.uint8
+
+    truth = {}
+    for i in range(6):
+        kind = ("circle", "square")[i % 2]
+        truth[i] = kind
+        engine.frames.put(_frame(kind, 500 + i, index=i))
+        _until(qtbot, lambda i=i: any(p.frame_index == i for p in engine.events["live"]), timeout=10_000)
+    preds = {p.frame_index: p for p in engine.events["live"]}
+    assert all(preds[i].label == truth[i] for i in truth), {i: preds[i].label for i in preds}
+    assert all(p.generation == snap.generation and p.latency_ms > 0 for p in preds.values())
+
+
+def test_latest_frame_drops_stale_frames():
+    slot = LatestFrame()
+    for i in range(5):
+        slot.put(_frame("circle", i, index=i))
+    assert slot.take().index == 4 and slot.dropped == 4
+    assert slot.take() is None  # nothing newer
+
+
+def test_roi_crop_is_what_is_predicted(qtbot, engine):
+    engine.capture("circle", _frame("circle", 1))
+    engine.capture("square", _frame("square", 2))
+    _until(qtbot, lambda: engine.events["snap"] and len(engine.events["snap"][-1].examples) == 2, timeout=30_000)
+    # A wide frame: a square on the left half, a circle on the right half.
+    both = np.concatenate([draw_shape("square", np.random.default_rng(7)), draw_shape("circle", np.random.default_rng(8))], 1)
+    engine.set_roi((160, 0, 320, 160))
+    engine.frames.put(Frame(both, 0, 0.0, "camera:0"))
+    _until(qtbot, lambda: engine.events["live"], timeout=10_000)
+    right = engine.events["live"][-1]
+    engine.set_roi((0, 0, 160, 160))
+    engine.frames.put(Frame(both, 1, 0.0, "camera:0"))
+    _until(qtbot, lambda: engine.events["live"][-1].frame_index == 1, timeout=10_000)
+    left = engine.events["live"][-1]
+    assert (right.label, right.roi) == ("circle", (160, 0, 320, 160))
+    assert (left.label, left.roi) == ("square", (0, 0, 160, 160))
+
+
+def test_label_folder_correct_accept_export_and_reopen(qtbot, engine, tmp_path, embedder):
+    write_tree(tmp_path / "support", per_class=3, classes=("circle", "square", "triangle"), seed=1)
+    query = tmp_path / "query"
+    write_tree(query, per_class=5, classes=("circle", "square", "triangle"), seed=2)
+    (query / "broken.png").write_bytes(b"not a png")
+    engine.import_tree(str(tmp_path / "support"))
+    assert "imported 9 example(s) into 3 class(es)" in _finish(qtbot, engine, "import classes")
+
+    engine.label_folder(str(query))
+    summary = _finish(qtbot, engine, "label folder")
+    assert "15 image(s)" in summary and "1 unreadable skipped" in summary
+    items = engine.events["folder"][-1]
+    assert len(items) == 15 and all(it.label for it in items)
+    right = sum(it.label == it.path.split("/")[-2] for it in items)
+    assert right >= 13, [(it.path, it.label) for it in items]
+    assert any(p[0] == "label folder" for p in engine.events["progress"])
+
+    # Correct one (pretend the model was wrong): it becomes a confirmed label and a support example.
+    target = next(it for it in items if it.label == "circle")
+    engine.assign([target.path], "square")
+    assert "1 correction(s) added as examples" in _finish(qtbot, engine, "correct")
+    snap = engine.events["snap"][-1]
+    assert {c.name: c.count for c in snap.classes}["square"] == 4
+    by_path = {it.path: it for it in engine.events["folder"][-1]}
+    assert (by_path[target.path].label, by_path[target.path].source) == ("square", "confirmed")
+
+    engine.accept_above(0.0)
+    text = _finish(qtbot, engine, "accept")
+    assert "accepted" in text
+    confirmed = [it for it in engine.events["folder"][-1] if it.source == "confirmed"]
+    assert len(confirmed) >= 14  # every known prediction (unknowns are never accepted blindly)
+
+    out = tmp_path / "labels.csv"
+    engine.export_csv(str(out))
+    _finish(qtbot, engine, "export")
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 15 and {r["source"] for r in rows} <= {"confirmed", "predicted"}
+    assert next(r for r in rows if r["path"] == target.path)["label"] == "square"
+
+    project = tmp_path / "my project"
+    engine.save_project(str(project))
+    assert "saved" in _finish(qtbot, engine, "save")
+    assert (project / "project.json").is_file() and (project / "labels.sqlite").is_file()
+
+    # A second engine (a restarted app) opens it: classes, examples, confirmed labels come back.
+    frames2 = LatestFrame()
+    other = Engine(lambda: embedder, frames2, tmp_path / "ws2")
+    folder_events, done = [], []
+    other.folderChanged.connect(folder_events.append)
+    other.jobFinished.connect(lambda job, text: done.append(job))
+    with qtbot.waitSignal(other.ready, timeout=30_000):
+        other.start()
+    try:
+        other.open_project(str(project))
+        _until(qtbot, lambda: "open project" in done, timeout=60_000)
+        reopened = {it.path: it for it in folder_events[-1]}
+        assert (reopened[target.path].label, reopened[target.path].source) == ("square", "confirmed")
+        assert sum(it.source == "confirmed" for it in reopened.values()) == len(confirmed)
+        assert other.classifier.classes == ["circle", "square", "triangle"]
+        assert len(other.classifier.examples) == 10
+    finally:
+        assert other.shutdown()
+
+
+def test_cancel_folder_labeling_keeps_the_app_going(qtbot, engine, tmp_path):
+    engine.capture("circle", _frame("circle", 1))
+    engine.capture("square", _frame("square", 2))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    img = draw_shape("circle", np.random.default_rng(0))[..., ::-1]
+    for i in range(600):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), img)
+    engine.label_folder(str(folder))
+    _until(qtbot, lambda: any(p[0] == "label folder" and p[2] > 0 for p in engine.events["progress"]), timeout=60_000)
+    engine.cancel("label folder")
+    text = _finish(qtbot, engine, "label folder")
+    assert "cancelled" in text
+    labeled = [it for it in engine.events["folder"][-1] if it.label]
+    assert 0 < len(labeled) < 600
+    # Still answering afterwards.
+    engine.frames.put(_frame("square", 9))
+    _until(qtbot, lambda: engine.events["live"], timeout=10_000)
+
+
+def test_bad_input_gives_messages_not_crashes(qtbot, engine, tmp_path):
+    engine.label_folder(str(tmp_path / "nope"))
+    _until(qtbot, lambda: engine.events["msg"], timeout=10_000)
+    assert engine.events["msg"][-1][0] == "error" and "nope" in engine.events["msg"][-1][1]
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    engine.add_class("a")
+    engine.add_files("a", [str(tmp_path / "bad.jpg")])
+    text = _finish(qtbot, engine, "add images")
+    assert "0 example(s) added, 1 unreadable skipped" in text
+    engine.open_project(str(tmp_path))
+    _until(qtbot, lambda: "not a ProtoLabel project" in engine.events["msg"][-1][1], timeout=10_000)
+    engine.add_class("a")
+    _until(qtbot, lambda: "already a class 'a'" in engine.events["msg"][-1][1], timeout=10_000)
+
+
+def test_finetune_reports_progress_and_time(qtbot, engine):
+    for i in range(3):
+        engine.capture("circle", _frame("circle", i))
+        engine.capture("square", _frame("square", 50 + i))
+    engine.finetune(budget_s=5.0, max_steps=6)
+    text = _finish(qtbot, engine, "fine-tune", timeout=120_000)
+    assert text.startswith("fine-tuned in ") and " s (" in text
+    assert any(p[0] == "fine-tune" for p in engine.events["progress"])
+    snap = engine.events["snap"][-1]
+    # Cross-validation may keep the pre-trained tail (then it says so); either way the run is recorded.
+    assert snap.finetuned or "pre-trained weights" in text, text
+    assert snap.finetune_info["seconds"] > 0
+    engine.frames.put(_frame("circle", 77))
+    _until(qtbot, lambda: engine.events["live"], timeout=10_000)
+    assert engine.events["live"][-1].label == "circle"
