@@ -194,6 +194,17 @@ def test_bad_input_gives_messages_not_crashes(qtbot, engine, tmp_path):
     _until(qtbot, lambda: "already a class 'a'" in engine.events["msg"][-1][1], timeout=10_000)
 
 
+def test_dropped_folders_become_classes(qtbot, engine, tmp_path):
+    tree = write_tree(tmp_path / "drop", per_class=2, classes=("circle", "square"), seed=3)
+    engine.add_files("", [str(tmp_path / "drop" / "circle")])  # one folder, no class: a class named after it
+    assert "2 example(s) added" in _finish(qtbot, engine, "add images")
+    engine.add_files("", [str(tmp_path / "drop")])  # a folder of class folders: imported as a tree
+    assert "imported 4 example(s) into 2 class(es)" in _finish(qtbot, engine, "add images")
+    engine.add_files("circle", [str(tree["square"][0])])  # files dropped on a class go to that class
+    _finish(qtbot, engine, "add images")
+    assert {c.name: c.count for c in engine.events["snap"][-1].classes} == {"circle": 5, "square": 2}
+
+
 def test_finetune_reports_progress_and_time(qtbot, engine):
     for i in range(3):
         engine.capture("circle", _frame("circle", i))

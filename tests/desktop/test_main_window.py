@@ -7,6 +7,8 @@ import csv
 import time
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from PySide6.QtCore import Qt, QTimer
@@ -144,6 +146,44 @@ def test_missing_camera_gives_a_message_and_the_app_goes_on(qtbot, make_window, 
     assert window.message_bar.isVisible() or not window.isVisible()
     window.open_video(str(clip))  # and another source still works
     until(qtbot, lambda: window.live.frame() is not None)
+
+
+class _UnpluggedCamera:
+    """A cv2.VideoCapture stand-in that delivers a few frames and then nothing (the cable was pulled)."""
+
+    def __init__(self, device) -> None:
+        self.left = 8
+
+    def isOpened(self) -> bool:
+        return True
+
+    def set(self, prop, value) -> bool:
+        return False
+
+    def get(self, prop) -> float:
+        return 0.0
+
+    def read(self):
+        self.left -= 1
+        if self.left < 0:
+            return False, None
+        return True, np.full((120, 160, 3), 128, np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_unplugged_camera_gives_a_message_and_keeps_the_work(qtbot, make_window):
+    from core import CameraSource
+
+    window = make_window()
+    until(qtbot, lambda: window.model_ready)
+    window.engine.add_class("kept")
+    window.start_source(CameraSource(0, max_failures=3, retry_delay=0.01, capture_factory=_UnpluggedCamera))
+    until(qtbot, lambda: any(level == "error" for level, _ in window.messages), timeout=20_000)
+    assert "stopped sending frames (unplugged?)" in window.messages[-1][1]
+    assert [c.name for c in window.snapshot.classes] == ["kept"]
+    assert window.engine.is_running()
 
 
 def test_unreadable_video_gives_a_message(qtbot, make_window, tmp_path):
