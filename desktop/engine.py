@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 AUTOSAVE_DELAY_S = 2.0  # after the last change
 FOLDER_CHUNK = 128  # files per label_paths call: the grid fills in as the folder is labeled
+FOLDER_EMIT_INTERVAL_S = 1.0  # at most this often the grid gets the whole list while labeling
 
 
 class LatestFrame:
@@ -535,6 +536,7 @@ class Engine(QObject):
 
     def _embed_into(self, f: _FolderState, paths: list[str], cache, cancel: CancelToken | None, job: str) -> None:
         done = 0
+        last_emit = time.monotonic()
         for i in range(0, len(paths), FOLDER_CHUNK):
             if cancel is not None and cancel.cancelled:
                 break
@@ -555,7 +557,11 @@ class Engine(QObject):
             f.generation = self.classifier.generation if self.classifier.ready() else -1
             done += len(chunk)
             self.progress.emit(job, "labeling" if self.classifier.ready() else "embedding", done, len(paths))
-            self._emit_folder()
+            now = time.monotonic()
+            if now - last_emit >= FOLDER_EMIT_INTERVAL_S:  # a 100k-file list is not rebuilt per chunk
+                self._emit_folder()
+                last_emit = now
+        self._emit_folder()
 
     def _reembed_folder(self) -> None:
         """The tail changed (fine-tuning or its reset): features again from the cached trunk maps."""

@@ -94,7 +94,7 @@ class MessageBar(QFrame):
 class CameraDialog(QDialog):
     """Choose a camera (probed in a thread) or a stream address, and a resolution."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, probe: CameraProbe, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Open camera")
         self.cameras = QComboBox()
@@ -112,9 +112,9 @@ class CameraDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
-        self.probe = CameraProbe(self)
-        self.probe.found.connect(self._on_probe_found)
-        self.probe.start()
+        self.probe = probe  # owned by the window: it may outlive the dialog
+        probe.found.connect(self._on_probe_found)
+        probe.start()
 
     def _on_probe_found(self, cameras: list) -> None:
         self.cameras.clear()
@@ -130,7 +130,7 @@ class CameraDialog(QDialog):
         return device, self.resolution.currentData()
 
     def done(self, result: int) -> None:
-        self.probe.join(0.1)
+        self.probe.found.disconnect(self._on_probe_found)
         super().done(result)
 
 
@@ -172,6 +172,7 @@ class MainWindow(QMainWindow):
         self.frames = LatestFrame()
         self.engine = Engine(make_embedder, self.frames, workspace)
         self.sources = SourceRunner(self.frames)
+        self.camera_probe = CameraProbe(self)
         self.snapshot = ModelSnapshot(-1)
         self.project_folder = ""
         self.project_unsaved = True
@@ -334,7 +335,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ sources
     def open_camera(self, device: int | str | None = None, resolution: tuple[int, int] | None = None) -> None:
         if device is None:
-            dialog = CameraDialog(self)
+            dialog = CameraDialog(self.camera_probe, self)
             if dialog.exec() != QDialog.DialogCode.Accepted:
                 return
             device, resolution = dialog.choice()
@@ -365,6 +366,7 @@ class MainWindow(QMainWindow):
 
     def stop_source(self) -> None:
         self.sources.stop()
+        self.class_panel.set_capture_enabled(False)
         self.source_label.setText("No source")
         self.live.source_fps = 0.0
 
@@ -387,6 +389,7 @@ class MainWindow(QMainWindow):
 
     def _on_source_failed(self, text: str) -> None:
         self.source_label.setText("No source")
+        self.class_panel.set_capture_enabled(False)
         self.live.hint = f"{text}\n\nPick another source in the toolbar."
         self.live.set_frame(None)
         self.show_message("error", text)
@@ -647,6 +650,7 @@ class MainWindow(QMainWindow):
         for t in (self._frame_timer, self._burst_timer, self._explain_timer):
             t.stop()
         self.sources.stop(wait=3.0)
+        self.camera_probe.join(5.0)
         self.engine.shutdown()
         self.folder_view.shutdown()
         self.settings.sync()

@@ -264,3 +264,21 @@ def test_burst_by_holding_a_number_key(qtbot, make_window, clip):
     assert counts(window)["Class 1"] <= n + 1
     qtbot.keyClick(window, "5")
     until(qtbot, lambda: any("Key 5 has no class" in t for _, t in window.messages))
+
+
+def test_camera_dialog_probes_in_the_background(qtbot, make_window):
+    import glob
+
+    from desktop.main_window import CameraDialog
+
+    window = make_window()
+    dialog = CameraDialog(window.camera_probe, window)
+    qtbot.addWidget(dialog)
+    assert "Looking for cameras" in dialog.cameras.itemText(0)  # the window did not wait for the probe
+    until(qtbot, lambda: "Looking" not in dialog.cameras.itemText(0), timeout=20_000)
+    if not glob.glob("/dev/video*"):
+        assert "No camera found" in dialog.cameras.itemText(0) and dialog.choice()[0] is None
+    dialog.url.setText("rtsp://example.invalid/stream")
+    dialog.resolution.setCurrentIndex(2)
+    assert dialog.choice() == ("rtsp://example.invalid/stream", (1280, 720))
+    dialog.reject()

@@ -49,6 +49,8 @@ def test_screenshots(qtbot, make_window, tmp_path):
     window.resize(1400, 880)
     window.show()
     until(qtbot, lambda: window.model_ready)
+    qtbot.wait(200)
+    window.grab().save(str(OUT / "start.png"))  # what a first start looks like: the hint says what to do
 
     # Live view with the overlay: shapes from a generated clip.
     clip = write_video(tmp_path / "clip.avi", ["circle", "square"] * 6, frames_each=15, fps=15, seed=4)
@@ -81,5 +83,5 @@ def test_screenshots(qtbot, make_window, tmp_path):
     qtbot.wait(1500)  # thumbnails load in their thread
     window.grab().save(str(OUT / "folder.png"))
 
-    for name in ("live.png", "classes.png", "folder.png"):
+    for name in ("start.png", "live.png", "classes.png", "folder.png"):
         _check(OUT / name)
