@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -85,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="protolabel-demo", metavar="DIR")
     p.add_argument("--shots", type=_positive_int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    _add_model_args(p)
+
+    p = sub.add_parser("metatrain", help="meta-train the model on your own base classes (the outer loop)",
+                       description="Episodic meta-training: the last stage of the backbone learns, from many "
+                                   "N-way K-shot tasks drawn from the class folders under ROOT, to make prototypes "
+                                   "that separate new classes. Validation classes are held out; the best "
+                                   "checkpoint is written to --out (use it with --model). Runs distributed "
+                                   "under torchrun --nproc_per_node=N.")
+    p.add_argument("root", metavar="ROOT", help="one folder of images per base class")
+    p.add_argument("--out", required=True, metavar="FILE", help="the model file to write (.safetensors)")
+    p.add_argument("--val-split", type=float, default=0.2, help="fraction of the classes held out for validation")
+    p.add_argument("--way", type=_positive_int, default=5)
+    p.add_argument("--shot", type=_positive_int, default=5)
+    p.add_argument("--query", type=_positive_int, default=15)
+    p.add_argument("--episodes", type=_positive_int, default=2000)
+    p.add_argument("--val-every", type=_positive_int, default=100, metavar="N", help="episodes between validations")
+    p.add_argument("--val-episodes", type=_positive_int, default=200)
+    p.add_argument("--patience", type=_positive_int, default=5, help="validations without progress before stopping")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--min-images", type=_positive_int, default=10)
+    p.add_argument("--exclude", metavar="FILE", help="a text file of class names (one per line) never to use, "
+                                                      "e.g. the classes you will test on")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same ROOT, --out, settings)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="don't read or write the feature cache")
     _add_model_args(p)
 
     sub.add_parser("backbones", help="list the registered backbones")
@@ -379,11 +405,86 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+def _init_distributed(device: str) -> bool:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (nccl with GPUs, else gloo). True if joined."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
+def cmd_metatrain(args) -> int:
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from .embedding import CancelToken
+    from .evaluation import EmbedProgress
+    from .metatrain import MetaProgress, MetaResult, MetaTrainConfig, metatrain
+
+    if not 0 < args.val_split < 1:
+        raise ValueError(f"--val-split must be between 0 and 1, got {args.val_split}")
+    joined = _init_distributed(args.device)
+    try:
+        embedder = _make_embedder(args)
+        config = MetaTrainConfig(way=args.way, shot=args.shot, query=args.query, episodes=args.episodes,
+                                 val_split=args.val_split, val_every=args.val_every, val_episodes=args.val_episodes,
+                                 patience=args.patience, lr=args.lr, seed=args.seed, min_images=args.min_images)
+        token = CancelToken()
+        bar = None
+        result = None
+        with _Interrupt(token):
+            exclude = [ln.strip() for ln in Path(args.exclude).read_text().splitlines() if ln.strip()] if args.exclude else []
+            for item in metatrain(args.root, args.out, embedder, config, resume=args.resume, cancel=token,
+                                  cache_dir=False if args.no_cache else None, exclude=exclude):
+                if isinstance(item, EmbedProgress):
+                    if bar is None:
+                        bar = tqdm(total=item.total, desc="embedding", unit="img", file=sys.stderr, leave=False)
+                    bar.n = item.done
+                    bar.refresh()
+                elif isinstance(item, MetaProgress):
+                    if bar is None or bar.desc != "meta-training":
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(total=item.episodes, desc="meta-training", unit="ep", file=sys.stderr)
+                    bar.n = item.episode
+                    post = {"loss": f"{item.loss:.3f}", "acc": f"{item.train_acc:.1f}"}
+                    if item.val_acc is not None:
+                        post["val"] = f"{item.val_acc:.1f}"
+                    bar.set_postfix(post)
+                    bar.refresh()
+                elif isinstance(item, MetaResult):
+                    result = item
+        if bar is not None:
+            bar.close()
+        if result is None:
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                print("cancelled before training started", file=sys.stderr)
+            return 130 if token.cancelled else 0
+        gain = result.best_val_acc - result.baseline_val_acc
+        how = "cancelled" if result.cancelled else "stopped early" if result.stopped_early else "done"
+        print(f"{how} after {result.episodes_done} episodes: validation {config.way}-way {config.shot}-shot accuracy "
+              f"{result.baseline_val_acc:.2f}% (pretrained) -> {result.best_val_acc:.2f}% (best, episode "
+              f"{result.best_episode}), {gain:+.2f} points on {len(result.val_classes)} held-out classes",
+              file=sys.stderr)
+        print(f"model: {result.out}\nlog: {result.log_path}\ncurve: {result.curve_path}", file=sys.stderr)
+        return 130 if result.cancelled else 0
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    commands = {"label": cmd_label, "evaluate": cmd_evaluate, "demo": cmd_demo, "backbones": cmd_backbones}
+    commands = {"label": cmd_label, "evaluate": cmd_evaluate, "demo": cmd_demo, "backbones": cmd_backbones,
+                "metatrain": cmd_metatrain}
     if args.command is None:
         parser.print_help()
         return 0

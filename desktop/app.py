@@ -13,7 +13,7 @@ from pathlib import Path
 
 USAGE = """usage: protolabel [PROJECT_FOLDER]    open the window (and a project)
        protolabel --selftest            headless check of this installation (exit 0 = fine)
-       protolabel COMMAND ...           label | evaluate | demo | backbones (see below)
+       protolabel COMMAND ...           label | evaluate | metatrain | demo | backbones (see below)
 """
 
 
