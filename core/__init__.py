@@ -12,6 +12,8 @@ from .backbones import (
     WeightsNotFoundError,
     available_backbones,
     create_backbone,
+    create_default_backbone,
+    default_model_file,
     load_model_file,
     save_model_file,
 )
@@ -68,7 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BACKBONE", "Backbone", "ModelFileError", "WeightsNotFoundError", "available_backbones",
-    "create_backbone", "load_model_file", "save_model_file",
+    "create_backbone", "create_default_backbone", "default_model_file", "load_model_file", "save_model_file",
     "UNKNOWN_LABEL", "Example", "FewShotClassifier", "Prediction", "StateError",
     "configure_threads", "select_device",
     "CancelToken", "Embedder", "Skipped",

@@ -29,6 +29,8 @@ from .images import PreprocessConfig
 
 __all__ = [
     "Backbone",
+    "create_default_backbone",
+    "default_model_file",
     "BackboneSpec",
     "WeightsNotFoundError",
     "available_backbones",
@@ -387,3 +389,29 @@ def load_model_file(path: str | os.PathLike) -> Backbone:
     if "preprocess" in meta:
         backbone.preprocess_config = PreprocessConfig.from_dict(meta["preprocess"])
     return backbone.eval()
+
+
+def default_model_file() -> Path | None:
+    """The shipped meta-learned model (resources/models/default.safetensors), if this installation has one.
+
+    Looked up beside the package (a source checkout or editable install) and in a PyInstaller bundle;
+    PROTOLABEL_DEFAULT_MODEL overrides ("" for none: the ImageNet-pretrained default)."""
+    import sys
+
+    env = os.environ.get("PROTOLABEL_DEFAULT_MODEL")
+    if env is not None:
+        return Path(env) if env else None
+    roots = [Path(__file__).resolve().parents[1]]
+    if hasattr(sys, "_MEIPASS"):
+        roots.insert(0, Path(sys._MEIPASS))
+    for root in roots:
+        candidate = root / "resources" / "models" / "default.safetensors"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def create_default_backbone() -> Backbone:
+    """The app's default model: the shipped meta-trained file when there is one, else ImageNet Lite0."""
+    path = default_model_file()
+    return load_model_file(path) if path is not None else create_backbone(DEFAULT_BACKBONE)

@@ -144,15 +144,17 @@ def _progress(items: Iterator, desc: str, enabled: bool = True):
 
 
 def _make_embedder(args):
-    from .backbones import DEFAULT_BACKBONE, create_backbone, load_model_file
+    from .backbones import DEFAULT_BACKBONE, create_backbone, create_default_backbone, load_model_file
     from .device import configure_threads
     from .embedding import Embedder
 
     configure_threads(reserve=0)
     if args.model:
         backbone = load_model_file(args.model)
-    else:
+    elif args.backbone or args.weights:
         backbone = create_backbone(args.backbone or DEFAULT_BACKBONE, args.weights)
+    else:
+        backbone = create_default_backbone()
     if args.input_size:
         if args.input_size % 32:
             raise ValueError(f"--input-size must be a multiple of 32 (every stride-2 stage then sees even sizes); "

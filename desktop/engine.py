@@ -33,10 +33,13 @@ from core import (
     add_support_tree,
     class_color,
     class_folders,
+    create_default_backbone,
     crop,
+    default_model_file,
     label_paths,
     list_images,
     load_image,
+    load_model_file,
     load_project,
     open_embedding_cache,
     query_paths,
@@ -127,6 +130,18 @@ class _FolderState:
     def feature(self, path: str) -> torch.Tensor | None:
         i = self.row.get(path)
         return self.features[i].float() if i is not None and bool(self.embedded[i]) else None
+
+
+def _project_model(folder: Path) -> str | None:
+    """The model file a project was made with ("" = the default model), None when it does not say."""
+    import json
+
+    try:
+        settings = json.loads((folder / "project.json").read_text(encoding="utf-8")).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return None  # load_project says what is wrong with it
+    model = settings.get("model") if isinstance(settings, dict) else None
+    return model if isinstance(model, str) else None
 
 
 class Engine(QObject):
@@ -224,8 +239,7 @@ class Engine(QObject):
             self.embedder = self._make_embedder()
             self.embedder.on_message = lambda m: self.message.emit("warning", m)
             self.classifier = FewShotClassifier(self.embedder)
-            backbone = self.embedder.backbone
-            self.ready.emit(f"{backbone.name} on {self.embedder.device.type.upper()}")
+            self.ready.emit(self.model_description())
         except Exception as exc:  # no model, no app: say why
             log.exception("model failed to load")
             self.message.emit("error", f"The model could not be loaded: {exc}")
@@ -474,6 +488,44 @@ class Engine(QObject):
         if self.folder is not None:
             self.folder.generation = -1  # predict the folder again
         return ""
+
+    # ------------------------------------------------------------------ intents: the model
+    def set_model(self, path: str | None) -> None:
+        """Use another model file (None: the default model); the examples are embedded again with it."""
+        self._submit("change model", self._set_model, path, cancellable=True)
+
+    def _new_embedder(self, path: str | None) -> Embedder:
+        backbone = load_model_file(path) if path else create_default_backbone()
+        embedder = Embedder(backbone, self.embedder.device, batch_size=self.embedder.batch_size)
+        embedder.on_message = self.embedder.on_message
+        return embedder
+
+    def _set_model(self, path: str | None, cancel: CancelToken) -> str:
+        embedder = self._new_embedder(path)  # ModelFileError (a ValueError) -> message; nothing changes
+        old = self.classifier
+        new = FewShotClassifier(embedder, method=old.method_name, unknown=old.unknown, topk=old.topk)
+        for name in old.classes:
+            new.add_class(name)
+        examples = [e for e in old.examples.values() if e.image is not None]
+        step = embedder.batch_size
+        for i in range(0, len(examples), step):
+            if cancel.cancelled:
+                return "model change cancelled; the model is unchanged"
+            part = examples[i : i + step]
+            new.add_labeled_examples([e.class_name for e in part], [e.image for e in part], [e.source for e in part])
+            self.progress.emit("change model", "embedding the examples again", i + len(part), len(examples))
+        self.embedder, self.classifier = embedder, new
+        self._tail_version += 1
+        self.settings["model"] = str(Path(path).resolve()) if path else ""
+        self.ready.emit(self.model_description())
+        if self.folder is not None:
+            self._label_folder(self.folder.root, cancel)
+        return f"now using {self.model_description()}"
+
+    def model_description(self) -> str:
+        path = self.settings.get("model") or default_model_file()
+        name = Path(path).name if path else "ImageNet-pretrained"
+        return f"{self.embedder.backbone.name} ({name}) on {self.embedder.device.type.upper()}"
 
     # ------------------------------------------------------------------ intents: fine-tuning
     def finetune(self, budget_s: float = 10.0, max_steps: int = 40) -> None:
@@ -757,7 +809,7 @@ class Engine(QObject):
         self._autosave(force=True)
         self.classifier = FewShotClassifier(self.embedder)
         self.folder = None
-        self.settings = {}
+        self.settings = {"model": self.settings.get("model", "")}
         self.roi = None
         self._tail_version += 1
         folder = self.workspace / time.strftime("untitled-%Y%m%d-%H%M%S")
@@ -780,11 +832,21 @@ class Engine(QObject):
         self._submit("open project", self._open_project, folder, cancellable=True)
 
     def _open_project(self, folder: str, cancel: CancelToken) -> str:
+        wanted = _project_model(Path(folder))
+        if wanted is not None and wanted != (self.settings.get("model") or ""):
+            if wanted and not Path(wanted).is_file():
+                self.message.emit("warning", f"the project's model '{wanted}' is missing: using the current one")
+            else:
+                self.embedder = self._new_embedder(wanted or None)
+                self.settings["model"] = wanted
+                self.ready.emit(self.model_description())
         project = load_project(folder, self.embedder)  # ProjectError -> message; the current project stays
         self._autosave(force=True)
         self.classifier = project.classifier
         self.folder = None
+        model = self.settings.get("model", "")
         self.settings = dict(project.settings)
+        self.settings["model"] = model
         roi = self.settings.get("roi")
         self.roi = tuple(roi) if roi else None
         self._tail_version += 1

@@ -49,17 +49,18 @@ from .state import LivePrediction, ModelSnapshot
 from .workers import CameraProbe, SourceRunner
 
 BURST_INTERVAL_MS = 200  # hold-to-capture: five frames a second
-LONG_JOBS = {"label folder", "update folder", "fine-tune", "import classes", "add images", "open project"}
+LONG_JOBS = {"label folder", "update folder", "fine-tune", "import classes", "add images", "open project",
+             "change model"}
 RESOLUTIONS = [("Camera default", None), ("640 × 480", (640, 480)), ("1280 × 720", (1280, 720)),
                ("1920 × 1080", (1920, 1080))]
 
 
 def default_embedder() -> Embedder:
     """The embedded default model on the best device; one core left for the camera and the GUI."""
-    from core import DEFAULT_BACKBONE, configure_threads, create_backbone
+    from core import configure_threads, create_default_backbone
 
     configure_threads(reserve=1)
-    return Embedder(create_backbone(DEFAULT_BACKBONE), "auto", batch_size=16)
+    return Embedder(create_default_backbone(), "auto", batch_size=16)
 
 
 class MessageBar(QFrame):
@@ -256,6 +257,9 @@ class MainWindow(QMainWindow):
         self.act_finetune = A("&Fine-tune", self.finetune, "Ctrl+T",
                               "Adapt the model to your examples (a few seconds); predictions get better")
         self.act_reset = A("&Reset fine-tuning", self.engine.reset_finetune)
+        self.act_model = A("Choose &model file…", self.choose_model, None,
+                           "A model made with `protolabel metatrain` (or exported); examples are embedded again")
+        self.act_default_model = A("Use the &default model", lambda: self.engine.set_model(None))
         self.act_transductive = QAction("Use the whole folder when predicting (transductive)", self, checkable=True,
                                         checked=True)
         self.act_transductive.toggled.connect(self._on_transductive_toggled)
@@ -274,7 +278,8 @@ class MainWindow(QMainWindow):
         for a in (self.act_camera, self.act_video, self.act_folder, None, self.act_stop):
             m.addSeparator() if a is None else m.addAction(a)
         m = bar.addMenu("&Model")
-        for a in (self.act_import, None, self.act_finetune, self.act_reset, None, self.act_transductive):
+        for a in (self.act_import, None, self.act_finetune, self.act_reset, None, self.act_model,
+                  self.act_default_model, None, self.act_transductive):
             m.addSeparator() if a is None else m.addAction(a)
         m = bar.addMenu("&Help")
         m.addAction(self.act_help)
@@ -486,8 +491,8 @@ class MainWindow(QMainWindow):
         self.class_panel.set_snapshot(snapshot)
         self.live.set_snapshot(snapshot)
         self.folder_view.set_classes(snapshot.classes)
-        tuned = " · fine-tuned" if snapshot.finetuned else ""
-        self.model_label.setText(f"{snapshot.backbone} on {snapshot.device.upper()}{tuned}")
+        base = self.model_label.text().split(" · ")[0]
+        self.model_label.setText(base + (" · fine-tuned" if snapshot.finetuned else ""))
         if not any(c.count for c in snapshot.classes):
             self.live.set_prediction(None)
             self.class_panel.set_highlight(None)
@@ -562,6 +567,15 @@ class MainWindow(QMainWindow):
             self.show_message("info", "Fine-tuning needs examples of at least two classes.")
             return
         self.engine.finetune()
+
+    def choose_model(self, path: str | None = None) -> None:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", self._last_dir(),
+                                                  "ProtoLabel models (*.safetensors)")
+            if not path:
+                return
+        self._remember_dir(path)
+        self.engine.set_model(path)
 
     def import_tree(self, path: str | None = None) -> None:
         if path is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 
 import cv2
@@ -220,3 +221,33 @@ def test_finetune_reports_progress_and_time(qtbot, engine):
     engine.frames.put(_frame("circle", 77))
     _until(qtbot, lambda: engine.events["live"], timeout=10_000)
     assert engine.events["live"][-1].label == "circle"
+
+
+def test_switching_the_model_keeps_classes_and_examples(qtbot, engine, tmp_path, backbone):
+    from core import save_model_file
+
+    descriptions = []
+    engine.ready.connect(descriptions.append)
+    for i in range(2):
+        engine.capture("circle", _frame("circle", i))
+        engine.capture("square", _frame("square", 40 + i))
+    model = tmp_path / "mine.safetensors"
+    save_model_file(backbone, model)
+    engine.set_model(str(model))
+    assert "now using efficientnet_lite0 (mine.safetensors)" in _finish(qtbot, engine, "change model")
+    snap = engine.events["snap"][-1]
+    assert {c.name: c.count for c in snap.classes} == {"circle": 2, "square": 2}
+    assert descriptions and "mine.safetensors" in descriptions[-1]
+    engine.frames.put(_frame("square", 99))
+    _until(qtbot, lambda: engine.events["live"], timeout=10_000)
+    assert engine.events["live"][-1].label == "square"
+    # A file that is not a model: a message, and the model in use stays.
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nope")
+    engine.set_model(str(bad))
+    _until(qtbot, lambda: engine.events["msg"] and "not a ProtoLabel model file" in engine.events["msg"][-1][1])
+    # The project remembers its model.
+    engine.save_project(str(tmp_path / "proj"))
+    _finish(qtbot, engine, "save")
+    settings = json.loads((tmp_path / "proj" / "project.json").read_text())["settings"]
+    assert settings["model"] == str(model.resolve())
