@@ -94,11 +94,12 @@ def _episode_loss(head: torch.nn.Module, scale: torch.Tensor, maps: torch.Tensor
                   generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """Prototypical loss of one episode on augmented trunk maps -> (loss, query accuracy %)."""
     way = len(ep.classes)
+    device = next(head.parameters()).device
     idx = torch.as_tensor(ep.support + ep.query)
-    feats = head(augment_maps(maps[idx].float(), generator))
+    feats = head(augment_maps(maps[idx].to(device).float(), generator))
     n_s = len(ep.support)
-    s_labels = torch.as_tensor(ep.support_labels)
-    q_labels = torch.as_tensor(ep.query_labels)
+    s_labels = torch.as_tensor(ep.support_labels, device=device)
+    q_labels = torch.as_tensor(ep.query_labels, device=device)
     center = class_means(feats[:n_s], s_labels, way).mean(0)  # centred like the prototypes method
     protos = class_means(F.normalize(feats[:n_s] - center, dim=-1), s_labels, way)
     logits = scale * F.normalize(feats[n_s:] - center, dim=-1) @ F.normalize(protos, dim=-1).T
@@ -110,7 +111,8 @@ def _episode_loss(head: torch.nn.Module, scale: torch.Tensor, maps: torch.Tensor
 @torch.no_grad()
 def _validate(head: _TailHead, maps: torch.Tensor, episodes: list[Episode]) -> float:
     """Mean query accuracy (%) of prototypes through the current tail on fixed episodes (no augmentation)."""
-    feats = torch.cat([head(maps[i : i + 512].float()) for i in range(0, len(maps), 512)])
+    device = next(head.parameters()).device
+    feats = torch.cat([head(maps[i : i + 512].to(device).float()).cpu() for i in range(0, len(maps), 512)])
     accs = []
     for ep in episodes:
         way = len(ep.classes)
@@ -236,9 +238,11 @@ def metatrain(
         p.requires_grad_(True)
     head.log_scale.requires_grad_(False)  # a fixed logit scale (10, as the methods); DDP wants every trained
     # parameter used in forward
+    device = embedder.device
+    head.to(device)
     model: torch.nn.Module = head
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(head)
+        model = torch.nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(head.tail.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed * 1000 + 17 + rank)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 29 + rank)
@@ -246,7 +250,7 @@ def metatrain(
     start_episode = 0
     baseline = best = _validate(head, val_maps, val_eps) if rank == 0 else 0.0
     best_episode, bad, stopped_early = 0, 0, False
-    best_state = {k: v.detach().clone() for k, v in head.tail.state_dict().items()}
+    best_state = {k: v.detach().cpu().clone() for k, v in head.tail.state_dict().items()}
     log_path = out.with_name(out.name + ".log.json")
     curve_path = out.with_name(out.name + ".curve.png")
 
@@ -299,7 +303,7 @@ def metatrain(
         _draw_curve(history, curve_path, baseline)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    scale = torch.tensor(10.0)
+    scale = torch.tensor(10.0, device=device)
     t0 = time.perf_counter()
     losses, accs = [], []
     episode = start_episode
@@ -328,7 +332,7 @@ def metatrain(
                                     "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 1)})
                     if val_acc > best:
                         best, best_episode, bad = val_acc, episode, 0
-                        best_state = {k: v.detach().clone() for k, v in head.tail.state_dict().items()}
+                        best_state = {k: v.detach().cpu().clone() for k, v in head.tail.state_dict().items()}
                         write_model()
                     else:
                         bad += 1
