@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["SHAPE_CLASSES", "draw_shape", "write_tree", "write_video"]
+__all__ = ["SHAPE_CLASSES", "GLYPHS", "draw_shape", "draw_glyph", "write_tree", "write_video", "write_glyph_tree"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
 _COLORS = {"circle": (220, 40, 40), "square": (40, 90, 220), "triangle": (40, 170, 60), "star": (230, 180, 20)}
@@ -61,3 +61,43 @@ def write_video(path: Path, kinds: Sequence[str], frames_each: int = 10, fps: in
             writer.write(np.ascontiguousarray(draw_shape(kind, rng)[..., ::-1]))
     writer.release()
     return path
+
+
+GLYPHS = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghijkmnqrty23456789#%&@?"
+
+
+def draw_glyph(char: str, rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """One handwritten-looking character: random scale, place, rotation, shear and ink on noisy paper
+    (an Omniglot-like class per character; ImageNet features tell these apart only so-so)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.new("L", (size, size), 0)
+    font = ImageFont.load_default(size=int(rng.integers(size // 2, int(size * 0.8))))
+    ImageDraw.Draw(canvas).text((size / 2, size / 2), char, fill=255, font=font, anchor="mm")
+    a = np.asarray(canvas, np.uint8)
+    angle, shear = float(rng.uniform(-20, 20)), float(rng.uniform(-0.25, 0.25))
+    m = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
+    m[0, 1] += shear
+    m[:, 2] += rng.uniform(-size * 0.12, size * 0.12, 2)
+    a = cv2.warpAffine(a, m, (size, size))
+    a = cv2.dilate(a, np.ones((2, 2), np.uint8), iterations=int(rng.integers(0, 3)))
+    paper = rng.integers(215, 256)
+    ink = np.array(rng.integers(0, 90, 3), np.float32)
+    alpha = a[..., None].astype(np.float32) / 255
+    img = (1 - alpha) * paper + alpha * ink
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_glyph_tree(root: Path, chars: str = GLYPHS, per_class: int = 12, seed: int = 0) -> list[str]:
+    """root/<char code>/<i>.png for each character -> the class folder names."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for ch in chars:
+        name = f"u{ord(ch):04x}"
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cv2.imwrite(str(folder / f"{i:02d}.png"), draw_glyph(ch, rng)[..., ::-1])
+        names.append(name)
+    return names
