@@ -20,6 +20,17 @@ from .backbones import (
 from .classifier import UNKNOWN_LABEL, Example, FewShotClassifier, Prediction, StateError
 from .device import configure_threads, select_device
 from .embedding import CancelToken, Embedder, Skipped
+from .export_model import EXPORT_FORMATS, ExportedModelInfo, export_model, read_exported_metadata
+from .export import (
+    LABEL_FORMATS,
+    ExportError,
+    ExportReport,
+    LabelEntry,
+    LabelSet,
+    export_labels,
+    iter_export,
+    read_labels,
+)
 from .finetune import FinetuneProgress, FinetuneResult
 from .images import (
     IMAGE_EXTENSIONS,
@@ -50,6 +61,7 @@ from .project import (
     class_color,
     load_project,
     open_embedding_cache,
+    read_project_meta,
     save_project,
     store_labels,
 )
@@ -74,13 +86,16 @@ __all__ = [
     "UNKNOWN_LABEL", "Example", "FewShotClassifier", "Prediction", "StateError",
     "configure_threads", "select_device",
     "CancelToken", "Embedder", "Skipped",
+    "LABEL_FORMATS", "ExportError", "ExportReport", "LabelEntry", "LabelSet", "export_labels", "iter_export",
+    "EXPORT_FORMATS", "ExportedModelInfo", "export_model", "read_exported_metadata",
+    "read_labels",
     "FinetuneProgress", "FinetuneResult",
     "IMAGE_EXTENSIONS", "ImageError", "PreprocessConfig", "class_folders", "crop", "from_bgr", "list_images",
     "load_image", "preprocess",
     "LabelRecord", "LabelRun", "Progress", "SupportRun", "add_support_tree", "label_paths", "query_paths",
     "write_labels_csv",
     "available_methods", "create_method",
-    "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "save_project",
+    "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "read_project_meta", "save_project",
     "store_labels",
     "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "FolderSource", "Frame", "FrameSource", "SourceError",
     "VideoFileSource", "list_cameras", "open_source",

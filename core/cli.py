@@ -113,6 +113,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="don't read or write the feature cache")
     _add_model_args(p)
 
+    from .export import LABEL_FORMATS, LINK_MODES
+
+    p = sub.add_parser("export", help="export labels (CSV, JSON, image folders, YOLO, Label Studio) or the model")
+    export_sub = p.add_subparsers(dest="export_command", required=True, metavar="{labels,model}")
+    q = export_sub.add_parser(
+        "labels", help="write a project's (or a labels CSV's) labels in another tool's format",
+        description="Export labels. SRC is a project folder (`label --save-project`, the window) or a labels CSV. "
+                    "Folder layouts (imagefolder, yolo-cls) get safe folder names and a manifest, "
+                    "OUT/classes.json, mapping them back to the class names.")
+    q.add_argument("src", metavar="SRC", help="a project folder or a labels CSV")
+    q.add_argument("--format", required=True, choices=LABEL_FORMATS)
+    q.add_argument("--out", required=True, metavar="PATH", help="the file (csv, json, labelstudio) or folder to write")
+    q.add_argument("--only-confirmed", action="store_true",
+                   help="only labels a person gave (confirmed, and the examples)")
+    q.add_argument("--min-confidence", type=float, default=None, metavar="X",
+                   help="leave out predictions below this probability (a person's labels always pass)")
+    q.add_argument("--include-unknown", action="store_true", help="also export images labeled unknown")
+    q.add_argument("--val-split", type=float, default=None, help="yolo-cls: fraction per class for val (default 0.2)")
+    q.add_argument("--seed", type=int, default=None, help="yolo-cls: the split's seed (default 0)")
+    q.add_argument("--link", choices=LINK_MODES, default=None,
+                   help="imagefolder, yolo-cls: copy files (default), hard-link or symlink them")
+    q.add_argument("--document-root", metavar="DIR", default=None,
+                   help="labelstudio: image URLs for Label Studio's local files storage, relative to this folder "
+                        "(Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export at OUT (a folder: only what that export wrote)")
+    q = export_sub.add_parser("model", help="the project's classifier as one ONNX or TorchScript file")
+    q.add_argument("project", metavar="PROJECT", help="a project folder")
+    q.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    q.add_argument("--out", required=True, metavar="FILE")
+    _add_model_args(q)
+
     sub.add_parser("backbones", help="list the registered backbones")
     return parser
 
@@ -407,6 +439,57 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    return cmd_export_labels(args) if args.export_command == "labels" else cmd_export_model(args)
+
+
+def cmd_export_labels(args) -> int:
+    from .embedding import CancelToken
+    from .export import ExportReport, iter_export, read_labels
+
+    labels = read_labels(args.src)
+    chosen = labels.filtered(args.only_confirmed, args.min_confidence, args.include_unknown)
+    print(f"{_plural(len(labels.records), 'label')} in '{args.src}', {len(chosen.records)} pass the filters"
+          + (f"; {len(labels.rejected)} unusable" if labels.rejected else ""), file=sys.stderr)
+    for s in labels.rejected[:5]:
+        print(f"  not used: {s.reason}", file=sys.stderr)
+    if not chosen.records:
+        raise ValueError("nothing to export" + (" (see --include-unknown, --only-confirmed, --min-confidence)"
+                                                if labels.records else ""))
+    token = CancelToken()
+    try:
+        with _Interrupt(token):
+            report = _progress(iter_export(chosen, args.format, args.out, overwrite=args.overwrite, cancel=token,
+                                           link=args.link, val_split=args.val_split, seed=args.seed,
+                                           document_root=args.document_root), "exporting")
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise RuntimeError(f"{exc.filename or args.out}: {exc.strerror or exc}") from exc
+    assert isinstance(report, ExportReport)
+    print(f"exported {_plural(report.written, 'label')} as {args.format}"
+          + (f", {report.copied_instead} copied (no hard link possible)" if report.copied_instead else "")
+          + (f", {len(report.skipped)} skipped (missing or unreadable)" if report.skipped else "")
+          + (" (cancelled)" if report.cancelled else "") + f" -> {args.out}", file=sys.stderr)
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(report.counts.items(), key=lambda kv: -kv[1]))
+    if summary:
+        print(f"  {summary}", file=sys.stderr)
+    for part, counts in report.splits.items():
+        print(f"  {part}: {sum(counts.values())} images", file=sys.stderr)
+    _print_skipped(report.skipped, 5)
+    return 130 if report.cancelled else 0
+
+
+def cmd_export_model(args) -> int:
+    from .export_model import export_model
+
+    embedder = _make_embedder(args)
+    info = export_model(args.project, args.format, args.out, embedder)
+    sidecar = getattr(info, "sidecar", None)
+    print(f"model written to {args.out}" + (f" (metadata: {sidecar})" if sidecar else ""), file=sys.stderr)
+    return 0
+
+
 def _init_distributed(device: str) -> bool:
     """Under torchrun (WORLD_SIZE > 1): join the process group (nccl with GPUs, else gloo). True if joined."""
     import torch
@@ -486,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     commands = {"label": cmd_label, "evaluate": cmd_evaluate, "demo": cmd_demo, "backbones": cmd_backbones,
-                "metatrain": cmd_metatrain}
+                "metatrain": cmd_metatrain, "export": cmd_export}
     if args.command is None:
         parser.print_help()
         return 0

@@ -34,6 +34,7 @@ __all__ = [
     "class_color",
     "load_project",
     "open_embedding_cache",
+    "read_project_meta",
     "save_project",
     "store_labels",
 ]
@@ -281,9 +282,9 @@ def store_labels(
         store.close()
 
 
-def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:
-    folder = Path(folder)
-    pfile = folder / PROJECT_FILE
+def read_project_meta(folder: str | os.PathLike) -> dict:
+    """project.json of a project folder, checked (format, version); no model needed. Raises ProjectError."""
+    pfile = Path(folder) / PROJECT_FILE
     if not pfile.is_file():
         raise ProjectError(f"'{folder}' is not a ProtoLabel project (no {PROJECT_FILE})")
     try:
@@ -298,6 +299,12 @@ def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:
     if version > PROJECT_FORMAT_VERSION:
         raise ProjectError(f"'{pfile}' comes from a newer ProtoLabel (format {version}; this one reads up to "
                            f"{PROJECT_FORMAT_VERSION})")
+    return meta
+
+
+def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:
+    folder = Path(folder)
+    meta = read_project_meta(folder)
     try:
         classifier = FewShotClassifier.load(folder / CLASSIFIER_FILE, embedder)
     except StateError as exc:
