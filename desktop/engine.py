@@ -23,6 +23,7 @@ from PySide6.QtCore import QObject, Signal
 from core import (
     CancelToken,
     Embedder,
+    ExportReport,
     FewShotClassifier,
     Frame,
     ImageError,
@@ -36,6 +37,8 @@ from core import (
     create_default_backbone,
     crop,
     default_model_file,
+    export_model,
+    iter_export,
     label_paths,
     list_images,
     load_image,
@@ -43,6 +46,8 @@ from core import (
     load_project,
     open_embedding_cache,
     query_paths,
+    read_labels,
+    read_project_meta,
     save_project,
     store_labels,
     write_labels_csv,
@@ -134,11 +139,9 @@ class _FolderState:
 
 def _project_model(folder: Path) -> str | None:
     """The model file a project was made with ("" = the default model), None when it does not say."""
-    import json
-
     try:
-        settings = json.loads((folder / "project.json").read_text(encoding="utf-8")).get("settings", {})
-    except (OSError, ValueError, AttributeError):
+        settings = read_project_meta(folder).get("settings", {})
+    except ProjectError:
         return None  # load_project says what is wrong with it
     model = settings.get("model") if isinstance(settings, dict) else None
     return model if isinstance(model, str) else None
@@ -800,6 +803,41 @@ class Engine(QObject):
             raise ValueError("there are no labels to export yet: label a folder first")
         write_labels_csv(records, path)
         return f"{len(records)} label(s) exported to {path}"
+
+    def export_labels(self, fmt: str, out: str, overwrite: bool = False) -> None:
+        """The project's labels (the folder's, confirmed and predicted, and the examples) in one of
+        core.export's formats; "unknown" is left out."""
+        self._submit("export", self._export_labels, fmt, out, overwrite, cancellable=True)
+
+    def _flush(self) -> None:
+        """Write the project and the folder's predictions now: exports read them from the project folder."""
+        self._write(self.project_folder)
+        self._store_predictions()
+        self._dirty_since = None
+
+    def _export_labels(self, fmt: str, out: str, overwrite: bool, cancel: CancelToken) -> str:
+        self._flush()
+        report = None
+        for item in iter_export(read_labels(self.project_folder).filtered(), fmt, out, overwrite=overwrite,
+                                cancel=cancel):
+            if isinstance(item, ExportReport):
+                report = item
+            else:
+                self.progress.emit("export", item.stage, item.done, item.total)
+        assert report is not None
+        text = f"{report.written} label(s) exported as {fmt} to {out}"
+        if report.skipped:
+            text += f"; {len(report.skipped)} file(s) missing on disk skipped"
+        return text + (" (cancelled)" if report.cancelled else "")
+
+    def export_model(self, fmt: str, out: str) -> None:
+        """The adapted classifier as ONNX or TorchScript (core.export_model), for use outside ProtoLabel."""
+        self._submit("export model", self._export_model, fmt, out)
+
+    def _export_model(self, fmt: str, out: str) -> str:
+        self._flush()
+        info = export_model(self.project_folder, fmt, out, self.embedder)
+        return f"model exported to {info.path} ({len(info.classes)} classes; metadata in {info.sidecar})"
 
     # ------------------------------------------------------------------ intents: projects
     def new_project(self) -> None:

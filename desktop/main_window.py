@@ -50,7 +50,7 @@ from .workers import CameraProbe, SourceRunner
 
 BURST_INTERVAL_MS = 200  # hold-to-capture: five frames a second
 LONG_JOBS = {"label folder", "update folder", "fine-tune", "import classes", "add images", "open project",
-             "change model"}
+             "change model", "export", "export model"}
 RESOLUTIONS = [("Camera default", None), ("640 × 480", (640, 480)), ("1280 × 720", (1280, 720)),
                ("1920 × 1080", (1920, 1080))]
 
@@ -246,6 +246,16 @@ class MainWindow(QMainWindow):
         self.act_save = A("&Save project", self.save_project, QKeySequence.StandardKey.Save)
         self.act_save_as = A("Save project &as…", self.save_project_as, QKeySequence.StandardKey.SaveAs)
         self.act_export = A("&Export labels (CSV)…", self.export_csv, "Ctrl+E", "Write the folder's labels to a CSV file")
+        self.label_format_actions = [
+            A(text, lambda f=fmt: self.export_labels(f), None, tip) for fmt, text, tip in (
+                ("json", "JSON…", "One JSON file: project, classes, labels"),
+                ("imagefolder", "Image folder (one folder per class)…", "Copies of the images, a folder per class"),
+                ("yolo-cls", "YOLO classification (train/val)…", "Ultralytics layout with a validation split"),
+                ("labelstudio", "Label Studio tasks…", "Predictions and your labels to review in Label Studio"))]
+        self.model_format_actions = [
+            A(text, lambda f=fmt: self.export_model(f), None, tip) for fmt, text, tip in (
+                ("onnx", "ONNX…", "The adapted classifier for onnxruntime (see examples/predict_onnx.py)"),
+                ("torchscript", "TorchScript…", "The adapted classifier for PyTorch without ProtoLabel"))]
         self.act_quit = A("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_camera = A("&Camera…", self.open_camera, "Ctrl+Shift+C", "Use a webcam as the source")
         self.act_video = A("&Video file…", self.open_video, "Ctrl+Shift+V", "Use a video file as the source")
@@ -272,8 +282,16 @@ class MainWindow(QMainWindow):
             m.addAction(a)
         self.recent_menu = m.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
-        for a in (self.act_save, self.act_save_as, None, self.act_export, None, self.act_quit):
+        for a in (self.act_save, self.act_save_as, None, self.act_export):
             m.addSeparator() if a is None else m.addAction(a)
+        sub = m.addMenu("Export labels &as")
+        for a in self.label_format_actions:
+            sub.addAction(a)
+        sub = m.addMenu("Export &model")
+        for a in self.model_format_actions:
+            sub.addAction(a)
+        m.addSeparator()
+        m.addAction(self.act_quit)
         m = bar.addMenu("&Source")
         for a in (self.act_camera, self.act_video, self.act_folder, None, self.act_stop):
             m.addSeparator() if a is None else m.addAction(a)
@@ -619,6 +637,29 @@ class MainWindow(QMainWindow):
             if not path:
                 return
         self.engine.export_csv(path)
+
+    def export_labels(self, fmt: str, path: str | None = None) -> None:
+        """Export in a core.export format; files go to a new file or folder the user picks."""
+        if path is None:
+            start = str(Path(self._last_dir()) / f"labels-{fmt}")
+            if fmt in ("json", "labelstudio"):
+                path, _ = QFileDialog.getSaveFileName(self, "Export labels", start + ".json", "JSON (*.json)")
+            else:
+                path = QFileDialog.getExistingDirectory(self, "Export labels into a new or empty folder", self._last_dir())
+            if not path:
+                return
+        self._remember_dir(path)
+        self.engine.export_labels(fmt, path)
+
+    def export_model(self, fmt: str, path: str | None = None) -> None:
+        if path is None:
+            ext = ".onnx" if fmt == "onnx" else ".pt"
+            path, _ = QFileDialog.getSaveFileName(self, "Export the adapted model",
+                                                  str(Path(self._last_dir()) / f"protolabel-model{ext}"), f"*{ext}")
+            if not path:
+                return
+        self._remember_dir(path)
+        self.engine.export_model(fmt, path)
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()

@@ -251,3 +251,23 @@ def test_switching_the_model_keeps_classes_and_examples(qtbot, engine, tmp_path,
     _finish(qtbot, engine, "save")
     settings = json.loads((tmp_path / "proj" / "project.json").read_text())["settings"]
     assert settings["model"] == str(model.resolve())
+
+
+def test_export_labels_and_model_from_the_open_project(qtbot, engine, tmp_path):
+    write_tree(tmp_path / "support", per_class=2, classes=("circle", "square"), seed=1)
+    write_tree(tmp_path / "query", per_class=3, classes=("circle", "square"), seed=2)
+    engine.import_tree(str(tmp_path / "support"))
+    _finish(qtbot, engine, "import classes")
+    engine.label_folder(str(tmp_path / "query"))
+    _finish(qtbot, engine, "label folder")
+    engine.export_labels("imagefolder", str(tmp_path / "out"))
+    text = _finish(qtbot, engine, "export")
+    assert "label(s) exported as imagefolder" in text
+    manifest = json.loads((tmp_path / "out" / "classes.json").read_text())
+    exported = sum(len(list((tmp_path / "out" / d).glob("*.png"))) for d in ("circle", "square"))
+    assert exported == 6 + 4 and manifest  # the folder's six labels and the four examples
+    engine.export_labels("imagefolder", str(tmp_path / "out"))  # again into the same folder: refused
+    _until(qtbot, lambda: engine.events["msg"] and "overwrite" in engine.events["msg"][-1][1].lower())
+    engine.export_model("onnx", str(tmp_path / "model.onnx"))
+    assert "model exported to" in _finish(qtbot, engine, "export model", timeout=120_000)
+    assert (tmp_path / "model.onnx").stat().st_size > 1_000_000 and (tmp_path / "model.onnx.json").is_file()
