@@ -61,7 +61,9 @@ from .project import (
     class_color,
     load_project,
     open_embedding_cache,
+    has_backup,
     read_project_meta,
+    restore_backup,
     save_project,
     store_labels,
 )
@@ -96,6 +98,7 @@ __all__ = [
     "write_labels_csv",
     "available_methods", "create_method",
     "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "read_project_meta", "save_project",
+    "has_backup", "restore_backup",
     "store_labels",
     "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "FolderSource", "Frame", "FrameSource", "SourceError",
     "VideoFileSource", "list_cameras", "open_source",

@@ -449,6 +449,8 @@ class FewShotClassifier:
         save_file(tensors, str(tmp), metadata={"protolabel": json.dumps(meta)})
         import os
 
+        with open(tmp, "rb+") as fh:  # on disk before the rename, so a crash leaves the old or the new file
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     @classmethod

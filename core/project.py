@@ -34,7 +34,9 @@ __all__ = [
     "class_color",
     "load_project",
     "open_embedding_cache",
+    "has_backup",
     "read_project_meta",
+    "restore_backup",
     "save_project",
     "store_labels",
 ]
@@ -50,7 +52,54 @@ PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 
 
 class ProjectError(ValueError):
-    """A project folder that can't be opened; the message says why."""
+    """A project folder that can't be opened; the message says why. ``backup`` is True when the folder
+    holds a backup of the previous save (``restore_backup`` brings it back)."""
+
+    def __init__(self, message: str, backup: bool = False) -> None:
+        super().__init__(message)
+        self.backup = backup
+
+
+BACKUP_SUFFIX = ".bak"
+
+
+def _keep_backup(path: Path) -> None:
+    """Before `path` is replaced: its current version becomes `<path>.bak` (a hard link, so no copy; a copy
+    where links are impossible). Atomic: the old .bak stays until the new one is complete."""
+    if not path.is_file():
+        return
+    bak = path.with_name(path.name + BACKUP_SUFFIX)
+    tmp = path.with_name(f".{path.name}{BACKUP_SUFFIX}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copy2(path, tmp)
+    os.replace(tmp, bak)
+
+
+def has_backup(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return (folder / (PROJECT_FILE + BACKUP_SUFFIX)).is_file() and (folder / (CLASSIFIER_FILE + BACKUP_SUFFIX)).is_file()
+
+
+def restore_backup(folder: str | os.PathLike) -> None:
+    """Put the previous save back (project.json and classifier.safetensors); the damaged files are kept as
+    `*.damaged` for a closer look. Raises ProjectError when there is no backup."""
+    folder = Path(folder)
+    if not has_backup(folder):
+        raise ProjectError(f"'{folder}' has no backup to restore")
+    for name in (CLASSIFIER_FILE, PROJECT_FILE):  # project.json last, as when saving
+        path = folder / name
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".damaged"))
+        tmp = folder / f".{name}.restore.tmp"
+        import shutil
+
+        shutil.copy2(folder / (name + BACKUP_SUFFIX), tmp)
+        os.replace(tmp, path)
 
 
 def class_color(index: int) -> str:
@@ -237,6 +286,7 @@ def save_project(
         target = folder / SUPPORT_DIR / f"{ex.id}.png"
         if ex.image is not None and not target.exists():
             cv2.imwrite(str(target), np.ascontiguousarray(ex.image[..., ::-1]))
+    _keep_backup(folder / CLASSIFIER_FILE)
     classifier.save(folder / CLASSIFIER_FILE)
     # Examples removed since the last save: their image files go too (after the classifier no longer names them).
     for png in (folder / SUPPORT_DIR).glob("*.png"):
@@ -257,6 +307,7 @@ def save_project(
         "settings": settings or {},
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    _keep_backup(folder / PROJECT_FILE)
     atomic_write_text(folder / PROJECT_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
     return folder
 
@@ -287,12 +338,14 @@ def read_project_meta(folder: str | os.PathLike) -> dict:
     pfile = Path(folder) / PROJECT_FILE
     if not pfile.is_file():
         raise ProjectError(f"'{folder}' is not a ProtoLabel project (no {PROJECT_FILE})")
+    backup = has_backup(folder)
+    hint = "; the previous save is kept as a backup" if backup else ""
     try:
         meta = json.loads(pfile.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ProjectError(f"'{pfile}' is damaged: {exc}") from exc
+        raise ProjectError(f"'{pfile}' is damaged: {exc}{hint}", backup) from exc
     if not isinstance(meta, dict):
-        raise ProjectError(f"'{pfile}' is not a ProtoLabel project file")
+        raise ProjectError(f"'{pfile}' is not a ProtoLabel project file{hint}", backup)
     version = meta.get("format_version")
     if meta.get("format") != "protolabel-project" or not isinstance(version, int) or isinstance(version, bool):
         raise ProjectError(f"'{pfile}' is not a ProtoLabel project file")
@@ -308,6 +361,8 @@ def load_project(folder: str | os.PathLike, embedder: Embedder) -> Project:
     try:
         classifier = FewShotClassifier.load(folder / CLASSIFIER_FILE, embedder)
     except StateError as exc:
-        raise ProjectError(f"the classifier of project '{folder}' can't be loaded: {exc}") from exc
+        backup = has_backup(folder)
+        hint = "; the previous save is kept as a backup" if backup else ""
+        raise ProjectError(f"the classifier of project '{folder}' can't be loaded: {exc}{hint}", backup) from exc
     return Project(folder, meta.get("name", folder.name), meta.get("classes", []), meta.get("query_root"),
                    meta.get("settings", {}), classifier)

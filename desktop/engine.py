@@ -48,6 +48,7 @@ from core import (
     query_paths,
     read_labels,
     read_project_meta,
+    restore_backup,
     save_project,
     store_labels,
     write_labels_csv,
@@ -162,6 +163,7 @@ class Engine(QObject):
     message = Signal(str, str)  # level ("info" | "warning" | "error"), text
     projectChanged = Signal(str, bool)  # project folder, is it the unsaved workspace
     saved = Signal(str)  # project folder after an (auto)save
+    backupOffered = Signal(str, str)  # project folder, what is damaged: it has a backup to restore
 
     def __init__(self, make_embedder: Callable[[], Embedder], frames: LatestFrame, workspace: str | Path,
                  parent: QObject | None = None) -> None:
@@ -866,10 +868,24 @@ class Engine(QObject):
         self._dirty_since = None
         self.projectChanged.emit(str(folder), unsaved)
 
-    def open_project(self, folder: str) -> None:
-        self._submit("open project", self._open_project, folder, cancellable=True)
+    def open_project(self, folder: str, restore_backup: bool = False) -> None:
+        """Open a project folder; restore_backup: first put its previous save back (after damage)."""
+        self._submit("open project", self._open_project, folder, restore_backup, cancellable=True)
 
-    def _open_project(self, folder: str, cancel: CancelToken) -> str:
+    def _open_project(self, folder: str, restore: bool, cancel: CancelToken) -> str:
+        if restore:
+            restore_backup(folder)
+            self.message.emit("info", f"restored the previous save of '{folder}' (the damaged files are kept "
+                                      "as *.damaged)")
+        try:
+            return self._load_project(folder, cancel)
+        except ProjectError as exc:
+            if exc.backup and not restore:
+                self.backupOffered.emit(folder, str(exc))
+                return ""
+            raise
+
+    def _load_project(self, folder: str, cancel: CancelToken) -> str:
         wanted = _project_model(Path(folder))
         if wanted is not None and wanted != (self.settings.get("model") or ""):
             if wanted and not Path(wanted).is_file():

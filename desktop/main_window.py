@@ -325,10 +325,12 @@ class MainWindow(QMainWindow):
         e.message.connect(self.show_message)
         e.projectChanged.connect(self._on_engine_project_changed)
         e.saved.connect(lambda folder: self.statusBar().showMessage(f"Saved {folder}", 3000))
+        e.backupOffered.connect(self._on_engine_backup_offered)
         s = self.sources
         s.opened.connect(self._on_source_opened)
         s.failed.connect(self._on_source_failed)
         s.ended.connect(self._on_source_ended)
+        s.interrupted.connect(self._on_source_interrupted)
         cp = self.class_panel
         cp.addClassRequested.connect(e.add_class)
         cp.renameClassRequested.connect(e.rename_class)
@@ -407,6 +409,8 @@ class MainWindow(QMainWindow):
 
     def _on_source_opened(self, name: str) -> None:
         self.source_label.setText(name)
+        if name.endswith("(reconnected)"):
+            self.show_message("info", f"{name[: -len(' (reconnected)')]} is back")
         self.live.hint = "Waiting for the first frame…"
         self.settings.setValue("last_source", name)
 
@@ -416,6 +420,10 @@ class MainWindow(QMainWindow):
         self.live.hint = f"{text}\n\nPick another source in the toolbar."
         self.live.set_frame(None)
         self.show_message("error", text)
+
+    def _on_source_interrupted(self, text: str) -> None:
+        self.source_label.setText("Reconnecting…")
+        self.show_message("warning", text)
 
     def _on_source_ended(self, name: str) -> None:
         self.source_label.setText(f"{name} (ended)")
@@ -561,6 +569,17 @@ class MainWindow(QMainWindow):
         if not unsaved:
             recent = [folder] + [p for p in self.settings.value("recent_projects", [], list) or [] if p != folder]
             self.settings.setValue("recent_projects", recent[:8])
+
+    def ask(self, title: str, text: str) -> bool:
+        """A yes/no question (tests replace this)."""
+        answer = QMessageBox.question(self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _on_engine_backup_offered(self, folder: str, problem: str) -> None:
+        if self.ask("Project damaged", f"{problem}.\n\nOpen the previous save instead? (The damaged files are kept.)"):
+            self.engine.open_project(folder, restore_backup=True)
+        else:
+            self.show_message("error", problem)
 
     def _on_folder_current_changed(self, path: str) -> None:
         self._explain_path = path

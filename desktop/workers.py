@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from PySide6.QtCore import QObject, Signal
 
-from core import CameraInfo, CancelToken, FrameSource, SourceError, list_cameras
+from core import CameraInfo, CameraSource, CancelToken, FrameSource, SourceError, list_cameras
 
 from .engine import LatestFrame
 
 log = logging.getLogger(__name__)
+
+RECONNECT_INTERVAL_S = 1.0
 
 
 class SourceRunner(QObject):
@@ -24,6 +27,7 @@ class SourceRunner(QObject):
 
     opened = Signal(str)  # source name
     failed = Signal(str)  # why the source could not be opened or stopped
+    interrupted = Signal(str)  # a camera stopped sending; the runner is reconnecting
     ended = Signal(str)  # source name: the end of a (non-looping) video or a stop
 
     def __init__(self, frames: LatestFrame, parent: QObject | None = None) -> None:
@@ -74,14 +78,24 @@ class SourceRunner(QObject):
             return
         self.opened.emit(source.name)
         try:
-            for frame in source.frames(cancel):
-                if cancel.cancelled:  # stopped while this frame was read: it belongs to the old source
-                    break
-                self.frames.put(frame)
-        except SourceError as exc:
-            if not cancel.cancelled:
-                self.failed.emit(str(exc))
-                return
+            while not cancel.cancelled:
+                try:
+                    for frame in source.frames(cancel):
+                        if cancel.cancelled:  # stopped while this frame was read: it belongs to the old source
+                            break
+                        self.frames.put(frame)
+                    break  # the end of a clip, or stopped
+                except SourceError as exc:
+                    if cancel.cancelled:
+                        return
+                    if not isinstance(source, CameraSource):
+                        self.failed.emit(str(exc))
+                        return
+                    # A camera that stopped (unplugged, driver hiccup): keep trying until it is back or stopped.
+                    self.interrupted.emit(f"{exc}; reconnecting… (plug it back in, or pick another source)")
+                    if not self._reconnect(source, cancel):
+                        return
+                    self.opened.emit(f"{source.name} (reconnected)")
         except Exception as exc:
             self.failed.emit(f"{source.name}: {type(exc).__name__}: {exc}")
             return
@@ -89,6 +103,20 @@ class SourceRunner(QObject):
             source.close()
         if not cancel.cancelled:
             self.ended.emit(source.name)
+
+    def _reconnect(self, source: FrameSource, cancel: CancelToken) -> bool:
+        """Reopen every RECONNECT_INTERVAL_S until it works (True) or the runner is stopped (False)."""
+        while True:
+            deadline = time.monotonic() + RECONNECT_INTERVAL_S
+            while time.monotonic() < deadline:
+                if cancel.cancelled:
+                    return False
+                time.sleep(0.05)
+            try:
+                source.reopen()
+                return True
+            except SourceError:
+                continue
 
 
 class CameraProbe(QObject):

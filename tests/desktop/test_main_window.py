@@ -173,17 +173,31 @@ class _UnpluggedCamera:
         pass
 
 
-def test_unplugged_camera_gives_a_message_and_keeps_the_work(qtbot, make_window):
+def test_unplugged_camera_reconnects_and_keeps_the_work(qtbot, make_window):
     from core import CameraSource
+
+    plugged = [True]
+
+    class Camera(_UnpluggedCamera):
+        def isOpened(self) -> bool:  # while unplugged, opening fails
+            return plugged[0]
+
+    def factory(device):
+        return Camera(device)
 
     window = make_window()
     until(qtbot, lambda: window.model_ready)
     window.engine.add_class("kept")
-    window.start_source(CameraSource(0, max_failures=3, retry_delay=0.01, capture_factory=_UnpluggedCamera))
-    until(qtbot, lambda: any(level == "error" for level, _ in window.messages), timeout=20_000)
-    assert "stopped sending frames (unplugged?)" in window.messages[-1][1]
-    assert [c.name for c in window.snapshot.classes] == ["kept"]
-    assert window.engine.is_running()
+    window.start_source(CameraSource(0, max_failures=3, retry_delay=0.01, capture_factory=factory))
+    until(qtbot, lambda: window.live.frame() is not None)
+    plugged[0] = False  # the cable is pulled: the 8 frames run out and reopening fails
+    until(qtbot, lambda: any("reconnecting" in t for _, t in window.messages), timeout=20_000)
+    assert "stopped sending frames (unplugged?)" in [t for _, t in window.messages if "reconnecting" in t][0]
+    assert window.source_label.text() == "Reconnecting…"
+    plugged[0] = True  # plugged back in
+    until(qtbot, lambda: any("camera:0 is back" in t for _, t in window.messages), timeout=20_000)
+    assert [c.name for c in window.snapshot.classes] == ["kept"] and window.engine.is_running()
+    window.stop_source()
 
 
 def test_unreadable_video_gives_a_message(qtbot, make_window, tmp_path):
@@ -283,3 +297,24 @@ def test_camera_dialog_probes_in_the_background(qtbot, make_window):
     dialog.resolution.setCurrentIndex(2)
     assert dialog.choice() == ("rtsp://example.invalid/stream", (1280, 720))
     dialog.reject()
+
+
+def test_a_damaged_project_is_reopened_from_its_backup_when_the_user_agrees(qtbot, make_window, tmp_path, embedder):
+    from core import FewShotClassifier, save_project
+    from synthetic import draw_shape
+
+    folder = tmp_path / "proj"
+    c = FewShotClassifier(embedder)
+    rng = np.random.default_rng(0)
+    c.add_example("circle", draw_shape("circle", rng))
+    save_project(folder, c)
+    c.add_example("square", draw_shape("square", rng))
+    save_project(folder, c)
+    (folder / "project.json").write_text("{ broken")
+    window = make_window()
+    questions = []
+    window.ask = lambda title, text: questions.append(text) or True
+    window.open_project(str(folder))
+    until(qtbot, lambda: questions and counts(window) == {"circle": 1}, timeout=30_000)
+    assert "damaged" in questions[0]
+    assert any("restored the previous save" in t for _, t in window.messages)
