@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -271,3 +272,52 @@ def test_export_labels_and_model_from_the_open_project(qtbot, engine, tmp_path):
     engine.export_model("onnx", str(tmp_path / "model.onnx"))
     assert "model exported to" in _finish(qtbot, engine, "export model", timeout=120_000)
     assert (tmp_path / "model.onnx").stat().st_size > 1_000_000 and (tmp_path / "model.onnx.json").is_file()
+
+
+def test_a_messy_folder_is_labeled_and_its_bad_files_counted(qtbot, engine, tmp_path, bad_image_dir):
+    """The bad-image corpus (tests/conftest.py) plus odd but readable files, in a folder with spaces and
+    unicode in its name and a symlink loop: the readable ones are labeled, the rest skipped and counted."""
+    import shutil
+
+    from PIL import Image
+
+    engine.capture("circle", _frame("circle", 1))
+    engine.capture("square", _frame("square", 2))
+    messy = tmp_path / "Ferien 2026 – Fotos ü"
+    shutil.copytree(bad_image_dir, messy)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(messy / "ein Kreis.png"), draw_shape("circle", rng)[..., ::-1])
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(messy / "tiny.png")
+    Image.fromarray(np.zeros((1, 100_000, 3), np.uint8)).save(messy / "strip.png")
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16) * 16).reshape(64, 64)).save(messy / "sixteen.png")
+    frames = [Image.fromarray(draw_shape("square", rng)) for _ in range(3)]
+    frames[0].save(messy / "anim.gif", save_all=True, append_images=frames[1:])
+    (messy / "loop").mkdir()
+    (messy / "loop" / "back").symlink_to(messy, target_is_directory=True)
+    n_bad = len(list(bad_image_dir.iterdir()))
+    engine.label_folder(str(messy))
+    text = _finish(qtbot, engine, "label folder")
+    assert f"{n_bad} unreadable skipped" in text, text
+    items = engine.events["folder"][-1]
+    by_name = {Path(it.path).name: it for it in items}
+    assert {"ein Kreis.png", "tiny.png", "strip.png", "sixteen.png", "anim.gif"} <= set(by_name)
+    assert by_name["ein Kreis.png"].label == "circle" and by_name["anim.gif"].label in ("square", "unknown")
+    assert len(items) == 5  # the symlink loop adds nothing and does not hang
+
+
+def test_files_deleted_while_labeling_are_skipped(qtbot, engine, tmp_path):
+    engine.capture("circle", _frame("circle", 1))
+    engine.capture("square", _frame("square", 2))
+    folder = tmp_path / "vanishing"
+    folder.mkdir()
+    img = draw_shape("circle", np.random.default_rng(0))[..., ::-1]
+    for i in range(400):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), img)
+    engine.label_folder(str(folder))
+    _until(qtbot, lambda: any(p[0] == "label folder" and p[2] > 0 for p in engine.events["progress"]), timeout=60_000)
+    for i in range(300, 400):  # another program deletes the end of the folder meanwhile
+        (folder / f"{i:04d}.png").unlink()
+    text = _finish(qtbot, engine, "label folder", timeout=120_000)
+    labeled = [it for it in engine.events["folder"][-1] if it.label]
+    assert 300 <= len(labeled) < 400
+    assert "unreadable skipped" in text and str(400 - len(labeled)) in text
