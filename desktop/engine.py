@@ -133,6 +133,12 @@ class _FolderState:
         self.complete = False  # every file embedded (or skipped): transductive prediction applies
         self.predictions_stored = True  # predictions written to labels.sqlite (done at autosave)
 
+    def confirmed_prediction(self, path: str) -> Prediction:
+        """The human label of `path` as a Prediction (certainty 1; the model's similarity kept)."""
+        cls = self.confirmed[path]
+        pred = self.predictions.get(path)
+        return Prediction(cls, 1.0, [(cls, 1.0)], pred.similarity if pred else 0.0, cls)
+
     def feature(self, path: str) -> torch.Tensor | None:
         i = self.row.get(path)
         return self.features[i].float() if i is not None and bool(self.embedded[i]) else None
@@ -763,12 +769,7 @@ class Engine(QObject):
 
     def _store_confirmed(self, paths: Sequence[str]) -> None:
         f = self.folder
-        rows = []
-        for p in paths:
-            if p in f.confirmed:
-                cls = f.confirmed[p]
-                pred = f.predictions.get(p)
-                rows.append((p, Prediction(cls, 1.0, [(cls, 1.0)], pred.similarity if pred else 0.0, cls), "confirmed"))
+        rows = [(p, f.confirmed_prediction(p), "confirmed") for p in paths if p in f.confirmed]
         store_labels(self.project_folder, rows, f.root)
 
     def _store_predictions(self) -> None:
@@ -788,12 +789,10 @@ class Engine(QObject):
         for item in self._items():
             if not item.label:
                 continue
-            pred = f.predictions.get(item.path)
             if item.source == "confirmed":
-                out.append(LabelRecord(item.path, Prediction(item.label, 1.0, [(item.label, 1.0)],
-                                                             pred.similarity if pred else 0.0, item.label), "confirmed"))
+                out.append(LabelRecord(item.path, f.confirmed_prediction(item.path), "confirmed"))
             else:
-                out.append(LabelRecord(item.path, pred, "predicted"))
+                out.append(LabelRecord(item.path, f.predictions[item.path], "predicted"))
         return out
 
     def export_csv(self, path: str) -> None:

@@ -1,6 +1,7 @@
 """Generated test images: the shapes and video of core.synthetic, plus shapes lost in clutter."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ import numpy as np
 
 from core.synthetic import GLYPHS, SHAPE_CLASSES, draw_glyph, draw_shape, write_glyph_tree, write_tree, write_video
 
-__all__ = ["SHAPE_CLASSES", "GLYPHS", "draw_shape", "write_tree", "write_video", "draw_in_clutter", "draw_glyph",
+__all__ = ["FakeCapture", "SHAPE_CLASSES", "GLYPHS", "draw_shape", "write_tree", "write_video", "draw_in_clutter", "draw_glyph",
            "write_glyph_tree"]
 
 
@@ -44,3 +45,34 @@ def write_solid_video(path: Path, colors: list[tuple[int, int, int]], frames_eac
             writer.write(frame)
     writer.release()
     return path
+
+
+class FakeCapture:
+    """A cv2.VideoCapture stand-in: `frames` grey frames (None: endless), then failed reads; sleeps `delay`
+    per read like a camera."""
+
+    def __init__(self, device=0, frames: int | None = None, delay: float = 0.0) -> None:
+        self.left = frames
+        self.delay = delay
+        self.n = 0
+
+    def isOpened(self) -> bool:
+        return True
+
+    def set(self, prop, value) -> bool:
+        return False
+
+    def get(self, prop) -> float:
+        return 0.0
+
+    def read(self):
+        if self.left is not None:
+            self.left -= 1
+            if self.left < 0:
+                return False, None
+        self.n += 1
+        time.sleep(self.delay)
+        return True, np.full((120, 160, 3), self.n % 255, np.uint8)
+
+    def release(self) -> None:
+        pass

@@ -38,6 +38,17 @@ def _frame(kind: str, seed: int, index: int = 0) -> Frame:
     return Frame(draw_shape(kind, np.random.default_rng(seed)), index, time.monotonic(), "camera:0")
 
 
+def _two_classes_and_copies(engine, folder: Path, n: int) -> Path:
+    """A circle and a square example, and a folder of `n` copies of one circle picture."""
+    engine.capture("circle", _frame("circle", 1))
+    engine.capture("square", _frame("square", 2))
+    folder.mkdir()
+    img = draw_shape("circle", np.random.default_rng(0))[..., ::-1]
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), img)
+    return folder
+
+
 def _until(qtbot, condition, timeout: int = 5_000) -> None:
     qtbot.waitUntil(lambda: bool(condition()), timeout=timeout)
 
@@ -162,13 +173,7 @@ def test_label_folder_correct_accept_export_and_reopen(qtbot, engine, tmp_path, 
 
 
 def test_cancel_folder_labeling_keeps_the_app_going(qtbot, engine, tmp_path):
-    engine.capture("circle", _frame("circle", 1))
-    engine.capture("square", _frame("square", 2))
-    folder = tmp_path / "many"
-    folder.mkdir()
-    img = draw_shape("circle", np.random.default_rng(0))[..., ::-1]
-    for i in range(600):
-        cv2.imwrite(str(folder / f"{i:04d}.png"), img)
+    folder = _two_classes_and_copies(engine, tmp_path / "many", 600)
     engine.label_folder(str(folder))
     _until(qtbot, lambda: any(p[0] == "label folder" and p[2] > 0 for p in engine.events["progress"]), timeout=60_000)
     engine.cancel("label folder")
@@ -306,13 +311,7 @@ def test_a_messy_folder_is_labeled_and_its_bad_files_counted(qtbot, engine, tmp_
 
 
 def test_files_deleted_while_labeling_are_skipped(qtbot, engine, tmp_path):
-    engine.capture("circle", _frame("circle", 1))
-    engine.capture("square", _frame("square", 2))
-    folder = tmp_path / "vanishing"
-    folder.mkdir()
-    img = draw_shape("circle", np.random.default_rng(0))[..., ::-1]
-    for i in range(400):
-        cv2.imwrite(str(folder / f"{i:04d}.png"), img)
+    folder = _two_classes_and_copies(engine, tmp_path / "vanishing", 400)
     engine.label_folder(str(folder))
     _until(qtbot, lambda: any(p[0] == "label folder" and p[2] > 0 for p in engine.events["progress"]), timeout=60_000)
     for i in range(300, 400):  # another program deletes the end of the folder meanwhile

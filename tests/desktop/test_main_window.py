@@ -13,7 +13,7 @@ import pytest
 
 from PySide6.QtCore import Qt, QTimer
 
-from synthetic import write_tree, write_video
+from synthetic import FakeCapture, write_tree, write_video
 
 KINDS = ("circle", "square")
 
@@ -148,42 +148,17 @@ def test_missing_camera_gives_a_message_and_the_app_goes_on(qtbot, make_window, 
     until(qtbot, lambda: window.live.frame() is not None)
 
 
-class _UnpluggedCamera:
-    """A cv2.VideoCapture stand-in that delivers a few frames and then nothing (the cable was pulled)."""
-
-    def __init__(self, device) -> None:
-        self.left = 8
-
-    def isOpened(self) -> bool:
-        return True
-
-    def set(self, prop, value) -> bool:
-        return False
-
-    def get(self, prop) -> float:
-        return 0.0
-
-    def read(self):
-        self.left -= 1
-        if self.left < 0:
-            return False, None
-        return True, np.full((120, 160, 3), 128, np.uint8)
-
-    def release(self) -> None:
-        pass
-
-
 def test_unplugged_camera_reconnects_and_keeps_the_work(qtbot, make_window):
     from core import CameraSource
 
     plugged = [True]
 
-    class Camera(_UnpluggedCamera):
+    class Camera(FakeCapture):
         def isOpened(self) -> bool:  # while unplugged, opening fails
             return plugged[0]
 
     def factory(device):
-        return Camera(device)
+        return Camera(device, frames=8)  # 8 frames, then the cable is out
 
     window = make_window()
     until(qtbot, lambda: window.model_ready)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from core import CameraSource
-from synthetic import write_video
+from synthetic import FakeCapture, write_video
 
 
 def rss_mb() -> float:
@@ -24,35 +23,11 @@ def until(qtbot, condition, timeout: int = 30_000) -> None:
     qtbot.waitUntil(lambda: bool(condition()), timeout=timeout)
 
 
-class _Camera:
-    """A cv2.VideoCapture stand-in that never runs out of frames."""
-
-    def __init__(self, device) -> None:
-        self.n = 0
-
-    def isOpened(self) -> bool:
-        return True
-
-    def set(self, prop, value) -> bool:
-        return False
-
-    def get(self, prop) -> float:
-        return 0.0
-
-    def read(self):
-        self.n += 1
-        time.sleep(0.005)
-        return True, np.full((240, 320, 3), self.n % 255, np.uint8)
-
-    def release(self) -> None:
-        pass
-
-
 def test_fifty_camera_start_stop_cycles_leave_no_threads(qtbot, make_window):
     window = make_window()
     until(qtbot, lambda: window.model_ready)
     for _ in range(50):
-        window.start_source(CameraSource(0, capture_factory=_Camera))
+        window.start_source(CameraSource(0, capture_factory=lambda d: FakeCapture(d, delay=0.005)))
         until(qtbot, lambda: window.frames.latest()[1] is not None, timeout=10_000)
         window.stop_source()
     deadline = time.monotonic() + 5
