@@ -14,11 +14,13 @@ queries, the CLI and export all go through it, so they cannot drift apart.
 from __future__ import annotations
 
 
+import contextlib
 import io
 import math
 import numbers
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -57,6 +59,8 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _STRIP_PIXELS = 1 << 20  # pixels converted/reduced per strip: bounds the transient copies (~16 MB)
+_BIG_DECODE_PIXELS = 32_000_000  # images at least this big (as decoded) are decoded one at a time
+_BIG_DECODES = threading.Lock()
 
 # EXIF orientation -> the array operation that undoes it (the table PIL.ImageOps.exif_transpose uses, as
 # numpy views). Applied to the decoded, reduced array instead of calling exif_transpose on the
@@ -245,12 +249,15 @@ def _decode(im: Image.Image, max_side: int | None) -> np.ndarray:
         drafted = im.draft("RGB", (max(1, math.ceil(w0 * scale)), max(1, math.ceil(h0 * scale))))
         if drafted is not None:
             extent = (float(drafted[1][2]), float(drafted[1][3]))
-    im.load()
-    orientation = _orientation(im)
-
     factor = max(1, max(im.size) // max_side) if max_side is not None else 1
-    array = _to_rgb_reduced(im, factor)
-    im.close()  # free the full-size decode now, not when the caller's `with` ends
+    # Formats without draft (PNG, TIFF, ...) decode at full size before reducing: 504 MB for a 168 MP RGB
+    # image. Decoder threads take turns on such images, so a folder of them costs one full-size copy at a time.
+    big = im.size[0] * im.size[1] >= _BIG_DECODE_PIXELS
+    with _BIG_DECODES if big else contextlib.nullcontext():
+        im.load()
+        orientation = _orientation(im)
+        array = _to_rgb_reduced(im, factor)
+        im.close()  # free the full-size decode now, not when the caller's `with` ends
     extent = (extent[0] / factor, extent[1] / factor)
 
     if max_side is not None and max(array.shape[:2]) > max_side:
