@@ -181,6 +181,26 @@ def test_label_skips_and_reports_unreadable_files(mini_with_bad_files, tmp_path)
     assert "Traceback" not in err
 
 
+def test_label_goes_through_a_messy_folder(mini_tree, messy_folder, deny_reading, tmp_path):
+    """The issue's whole bad-input list as the query folder: readable oddities labeled, the rest skipped with
+    a reason and counted, the symlink loop walked once, no traceback."""
+    folder, readable, unreadable, secret = messy_folder
+    deny_reading(secret)  # as a user without root would see it
+    out = tmp_path / "labels.csv"
+    code, _, err = run_main("label", "--support", mini_tree / "support", "--query", folder, "--out", out,
+                            "--device", "cpu")
+    assert code == 0, err
+    _, rows = read_csv(out)
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(readable)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    for name in ("ein Kreis.png", "cmyk.jpg", "exif rotated.jpg"):
+        assert by_name[name]["top1"] == "circle", (name, by_name[name])
+    assert by_name["das Quadrat 🟦.jpg"]["top1"] == "square"
+    assert f"labeled {len(readable)} images" in err and f"{len(unreadable) + 1} skipped" in err
+    assert "permission denied" in err and "declares 100000x100000 pixels" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("unknown", ["off", "0.99"])
 def test_label_unknown_threshold(mini_tree, tmp_path, unknown):
     out = tmp_path / "labels.csv"
