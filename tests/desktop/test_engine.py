@@ -339,3 +339,24 @@ def test_gpu_out_of_memory_moves_the_model_to_the_cpu_with_a_message(qtbot, engi
     engine.frames.put(_frame("square", 9, index=1))
     _until(qtbot, lambda: any(p.frame_index == 1 for p in engine.events["live"]), timeout=10_000)
     assert [p.label for p in engine.events["live"] if p.frame_index == 1] == ["square"]
+
+
+def test_labeling_a_folder_again_reads_the_embedding_cache(qtbot, engine, tmp_path, monkeypatch):
+    """The project's embedding cache: the second pass over an unchanged folder runs no trunk forward at all;
+    a changed file is embedded again (and only that one)."""
+    folder = _two_classes_and_copies(engine, tmp_path / "photos", 40)
+    engine.label_folder(str(folder))
+    _finish(qtbot, engine, "label folder", timeout=120_000)
+    seen: list[int] = []
+    original = engine.embedder.embed_tensor
+    monkeypatch.setattr(engine.embedder, "embed_tensor", lambda x, with_maps=False: (
+        seen.append(x.shape[0]), original(x, with_maps))[1])
+    engine.label_folder(str(folder))
+    _finish(qtbot, engine, "label folder", timeout=120_000)
+    assert seen == [] and sum(bool(it.label) for it in engine.events["folder"][-1]) == 40
+    time.sleep(0.01)
+    cv2.imwrite(str(folder / "0007.png"), draw_shape("square", np.random.default_rng(5))[..., ::-1])
+    engine.label_folder(str(folder))
+    _finish(qtbot, engine, "label folder", timeout=120_000)
+    assert sum(seen) == 1
+    assert {Path(it.path).name: it.label for it in engine.events["folder"][-1]}["0007.png"] == "square"
