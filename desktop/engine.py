@@ -154,6 +154,19 @@ def _project_model(folder: Path) -> str | None:
     return model if isinstance(model, str) else None
 
 
+
+def _skipped_notice(skipped: dict[str, str], folder: str, shown: int = 5) -> str:
+    """'3 file(s) in photos could not be read and were skipped: a.jpg (file is empty); ...' (reasons without
+    the full paths, which the names already stand for)."""
+    parts = []
+    for path, reason in list(skipped.items())[:shown]:
+        name = Path(path).name
+        why = reason.split(": ", 1)[1] if reason.startswith("cannot read ") and ": " in reason else reason
+        parts.append(f"{name} ({why})")
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} file(s) in {folder} could not be read and were skipped: " + "; ".join(parts) + more
+
+
 class Engine(QObject):
     """See the module docstring. ``make_embedder`` runs in the engine thread (loading weights takes a while)."""
 
@@ -593,6 +606,7 @@ class Engine(QObject):
         text = f"{n_ok} image(s) in {Path(root).name}"
         if f.skipped:
             text += f", {len(f.skipped)} unreadable skipped"
+            self.message.emit("warning", _skipped_notice(f.skipped, Path(root).name))
         if cancel.cancelled:
             text += " (cancelled: the rest is not labeled)"
         return text

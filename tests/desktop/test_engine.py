@@ -289,6 +289,10 @@ def test_a_messy_folder_is_labeled_and_its_bad_files_counted(qtbot, engine, mess
     engine.label_folder(str(folder))
     text = _finish(qtbot, engine, "label folder", timeout=120_000)
     assert f"{len(unreadable) + 1} unreadable skipped" in text, text
+    notice = [t for level, t in engine.events["msg"] if level == "warning"][-1]
+    assert notice.startswith(f"{len(unreadable) + 1} file(s) in {folder.name} could not be read")
+    assert "(file is empty)" in notice or "(file is truncated)" in notice or "permission denied" in notice
+    assert "and 6 more" in notice and str(folder) not in notice  # names and reasons, not long paths
     items = engine.events["folder"][-1]
     by_name = {Path(it.path).name: it for it in items}
     assert sorted(by_name) == sorted(readable)  # the symlink loop adds nothing and does not hang
