@@ -188,33 +188,30 @@ class FewShotClassifier:
         self._changed()
 
     # ------------------------------------------------------------------ embedding
-    def _embed_resized(self, resized: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S, S, 3) uint8 arrays -> features (B, D) through the current tail, maps (B, C, h, w) fp16."""
+    def _embed_resized(self, resized: Sequence[np.ndarray], with_maps: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, S, 3) uint8 arrays -> features (B, D) through the current tail, maps (B, C, h, w) fp16
+        (an empty tensor when with_maps is False: live predictions need none)."""
         from .images import to_tensor
 
         if not resized:
             return torch.zeros(0, self.embedder.backbone.feature_dim), torch.zeros(0)
-        bs = self.embedder.batch_size
-        parts = [self.embed_tensor_with_maps(to_tensor(list(resized[i : i + bs]), self.embedder.config))
+        bs, config = self.embedder.batch_size, self.embedder.config
+        parts = [self.embedder.embed_tensor(to_tensor(list(resized[i : i + bs]), config), with_maps, self.adapted_tail)
                  for i in range(0, len(resized), bs)]
-        return torch.cat([f for f, _ in parts]), torch.cat([m for _, m in parts])
+        return torch.cat([f for f, _ in parts]), (torch.cat([m for _, m in parts]) if with_maps else torch.zeros(0))
 
     def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 images of any size -> (B, D) features the prototypes are comparable with."""
-        return self._embed_resized([resize_for_model(i, self.embedder.config) for i in images])[0]
+        return self._embed_resized([resize_for_model(i, self.embedder.config) for i in images], with_maps=False)[0]
 
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed -> (B, D), through the adapted tail when there is one."""
-        if self.adapted_tail is None:
-            return self.embedder.embed_tensor(x)[0]
-        return self.embed_tensor_with_maps(x)[0]
+        return self.embedder.embed_tensor(x, tail=self.adapted_tail)[0]
 
     def embed_tensor_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> features (B, D) through the current tail, trunk maps (B, C, h, w) float16."""
-        feats, maps = self.embedder.embed_tensor(x, with_maps=True)
+        feats, maps = self.embedder.embed_tensor(x, with_maps=True, tail=self.adapted_tail)
         assert maps is not None
-        if self.adapted_tail is not None:
-            feats = self.embedder.features_from_maps(maps, self.adapted_tail)
         return feats, maps
 
     def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:

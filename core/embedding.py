@@ -150,13 +150,18 @@ class Embedder:
             return x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         return x.to(device)
 
-    def embed_tensor(self, x: torch.Tensor, with_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, S, S) preprocessed -> features (B, D) float32 CPU, maps (B, C, h, w) float16 CPU or None."""
+    def embed_tensor(
+        self, x: torch.Tensor, with_maps: bool = False, tail: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, S, S) preprocessed -> features (B, D) float32 CPU, maps (B, C, h, w) float16 CPU or None.
+        `tail`: an adapted copy of the backbone's tail to use instead of its own (one pass, not two)."""
 
         def run(device: torch.device):
+            if tail is not None:
+                tail.to(device)
             with torch.inference_mode(), autocast(device):
                 maps = self.backbone.forward_trunk(self._input(x, device))
-                feats = self.backbone.forward_tail(maps)
+                feats = self.backbone.forward_tail(maps, tail)
             return feats.float().cpu(), (maps.to(torch.float16).cpu() if with_maps else None)
 
         return self.run_with_fallback(run)  # type: ignore[return-value]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import UNKNOWN_LABEL, FewShotClassifier, StateError
+from core import UNKNOWN_LABEL, FewShotClassifier, StateError, preprocess
 from synthetic import SHAPE_CLASSES, draw_in_clutter, draw_shape
 
 
@@ -45,9 +45,9 @@ def test_adding_one_example_embeds_only_that_image(classifier, shape_images, mon
     seen = []
     original = classifier.embedder.embed_tensor
 
-    def counting(x, with_maps=False):
+    def counting(x, *args, **kwargs):
         seen.append(x.shape[0])
-        return original(x, with_maps)
+        return original(x, *args, **kwargs)
 
     monkeypatch.setattr(classifier.embedder, "embed_tensor", counting)
     before, names = classifier.prototypes()
@@ -109,6 +109,22 @@ def test_finetune_stays_inside_its_budget_and_can_be_cancelled(classifier):
     assert cancelled.cancelled and classifier.generation == before
     classifier.reset_finetune()
     assert classifier.adapted_tail is None
+
+
+def test_a_fine_tuned_prediction_runs_the_tail_once(classifier, shape_images, monkeypatch):
+    """With an adapted tail, live predictions go trunk -> adapted tail (not trunk -> own tail -> adapted tail
+    on fp16 maps), and agree with the cached-map path the folder uses."""
+    classifier.finetune(budget_s=2.0, max_steps=5, lr=1e-3)
+    backbone = classifier.embedder.backbone
+    tails = []
+    forward_tail = backbone.forward_tail
+    monkeypatch.setattr(backbone, "forward_tail", lambda m, tail=None: (tails.append(tail), forward_tail(m, tail))[1])
+    queries = [shape_images["circle"][11], shape_images["triangle"][11]]
+    live = classifier.embed(queries)
+    assert tails == [classifier.adapted_tail]
+    _, maps = classifier.embed_tensor_with_maps(preprocess(queries, classifier.embedder.config))
+    assert torch.allclose(live, classifier.features_from_maps(maps), atol=5e-3)
+    classifier.reset_finetune()
 
 
 def test_save_load_round_trip(classifier, shape_images, embedder, tmp_path):

@@ -325,9 +325,9 @@ def test_evaluate_json_and_feature_cache(eval_tree, eval_cache, monkeypatch):
     calls = []
     original = Embedder.embed_tensor
 
-    def counting(self, x, with_maps=False):
+    def counting(self, x, *args, **kwargs):
         calls.append(x.shape[0])
-        return original(self, x, with_maps)
+        return original(self, x, *args, **kwargs)
 
     monkeypatch.setattr(Embedder, "embed_tensor", counting)
     code, out1, err = run_main("evaluate", eval_tree, *EVAL_ARGS, "--episodes", "20")

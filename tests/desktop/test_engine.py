@@ -353,8 +353,8 @@ def test_labeling_a_folder_again_reads_the_embedding_cache(qtbot, engine, tmp_pa
     _finish(qtbot, engine, "label folder", timeout=120_000)
     seen: list[int] = []
     original = engine.embedder.embed_tensor
-    monkeypatch.setattr(engine.embedder, "embed_tensor", lambda x, with_maps=False: (
-        seen.append(x.shape[0]), original(x, with_maps))[1])
+    monkeypatch.setattr(engine.embedder, "embed_tensor", lambda x, *args, **kwargs: (
+        seen.append(x.shape[0]), original(x, *args, **kwargs))[1])
     engine.label_folder(str(folder))
     _finish(qtbot, engine, "label folder", timeout=120_000)
     assert seen == [] and sum(bool(it.label) for it in engine.events["folder"][-1]) == 40
