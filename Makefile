@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENCLIPART := /usr/share/openclipart/png
 
-.PHONY: install qt-libs run demo selftest test test-fast bench openclipart clean
+.PHONY: install qt-libs run demo selftest test test-fast bench bench-resolution openclipart clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProtoLabel needs Python 3.11, found " + sys.version' 
@@ -39,14 +39,108 @@ demo: install openclipart
 selftest: install
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/protolabel --selftest
 
+# Includes tests/test_dist.py, which builds the PyInstaller bundle (`make dist`) when it is out of date.
 test: install
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
 test-fast: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow"
 
 bench: install
 	$(PY) bench/run.py
+
+# Input size vs accuracy (openclipart) vs live frames/s, for README's resolution table (~30 min on 2 cores).
+bench-resolution: install openclipart
+	$(PY) bench/resolution.py
+
+# ------------------------------------------------------------------ installers (README "Installers")
+.PHONY: dist dist-env dist-qt-libs dist-archive test-dist
+# `make dist` builds dist/ProtoLabel/, a folder to zip: dist/ProtoLabel/ProtoLabel opens the window.
+# TORCH=cpu (default): built in its own venv, build/dist-venv, with a CPU-only torch (PyPI's Linux torch
+# carries ~3 GB of CUDA libraries). Found as TORCH_CPU_WHEEL (default: the wheel in /opt/wheels, where there is
+# one), else on TORCH_CPU_INDEX; with neither, the build falls back to TORCH=cuda and says so.
+# TORCH=cuda: built from .venv with PyPI's torch as it is (GPU support; a bundle of several GB).
+TORCH           ?= cpu
+TORCH_CPU_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-*+cpu-cp311-cp311-*linux*_x86_64.whl))
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+DIST_VENV   := build/dist-venv
+DIST_STAMP  := $(DIST_VENV)/.installed-stamp
+DIST_PYFILE := build/dist-python
+DIST_APP    := dist/ProtoLabel/ProtoLabel
+DIST_INPUTS := build.spec pyproject.toml $(shell find core desktop resources -type f ! -name '*.pyc' 2>/dev/null)
+# torchvision 0.N+15 goes with torch 2.N.
+TORCHVISION_FOR = torchvision==0.$$(( $$(echo $(1) | cut -d. -f2) + 15 )).*
+# Lets PyPI's torchvision (built against CUDA torch) import beside a CPU-only torch: desktop/startup.py.
+GUARD_PTH := zz-protolabel-torchvision-guard.pth
+
+$(DIST_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProtoLabel needs Python 3.11, found " + sys.version'
+	test -x $(DIST_VENV)/bin/python || $(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@set -e; \
+	if [ -n "$(TORCH_CPU_WHEEL)" ] && [ -f "$(TORCH_CPU_WHEEL)" ]; then \
+	  version=$$(basename "$(TORCH_CPU_WHEEL)" | cut -d- -f2); \
+	  echo "CPU-only torch from $(TORCH_CPU_WHEEL) with PyPI's $(call TORCHVISION_FOR,$$version)"; \
+	  $(DIST_VENV)/bin/python -m pip install "$(TORCH_CPU_WHEEL)" "$(call TORCHVISION_FOR,$$version)" -e ".[dist]"; \
+	else \
+	  $(DIST_VENV)/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=15)' \
+	    "$(TORCH_CPU_INDEX)" 2>/dev/null || { echo "no CPU-only torch: no TORCH_CPU_WHEEL and $(TORCH_CPU_INDEX) unreachable"; exit 1; }; \
+	  echo "CPU-only torch and torchvision from $(TORCH_CPU_INDEX)"; \
+	  $(DIST_VENV)/bin/python -m pip install --index-url "$(TORCH_CPU_INDEX)" torch torchvision; \
+	  $(DIST_VENV)/bin/python -m pip install -e ".[dist]"; \
+	fi
+	$(DIST_VENV)/bin/python -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "$(GUARD_PTH)").write_text("import desktop.startup; desktop.startup.install_torchvision_guard()\n")'
+	$(DIST_VENV)/bin/python -c 'import torch, timm; assert torch.version.cuda is None, "torch " + torch.__version__ + " has CUDA"; print("build env: torch", torch.__version__, "timm", timm.__version__)'
+	touch $(DIST_STAMP)
+
+# Writes which python builds the bundle into $(DIST_PYFILE).
+dist-env:
+	@mkdir -p build
+ifeq ($(TORCH),cuda)
+	$(MAKE) --no-print-directory install
+	$(PY) -m pip install --quiet -e ".[dev,dist]"
+	@echo $(PY) > $(DIST_PYFILE)
+else
+	@if $(MAKE) --no-print-directory $(DIST_STAMP); then echo $(DIST_VENV)/bin/python > $(DIST_PYFILE); else \
+	  echo "*** No CPU-only torch (no TORCH_CPU_WHEEL, $(TORCH_CPU_INDEX) unreachable): building with PyPI's torch"; \
+	  echo "*** instead (TORCH=cuda: CUDA libraries included, a bundle of several GB)."; \
+	  rm -rf $(DIST_VENV); $(MAKE) --no-print-directory dist-env TORCH=cuda; fi
+endif
+
+# Qt's xcb plugin links these; PyInstaller bundles the ones the build machine has, so they are installed here
+# and the folder runs on desktops without them (Qt >= 6.5 needs libxcb-cursor0, which many lack).
+DIST_QT_LIBS := libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+                libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon-x11-0
+dist-qt-libs:
+	@command -v dpkg-query >/dev/null || { echo "no dpkg: the bundle carries what this machine has of $(DIST_QT_LIBS)"; exit 0; }; \
+	if dpkg-query -W -f='$${db:Status-Status}\n' $(DIST_QT_LIBS) 2>/dev/null | grep -qvx installed \
+	   || ! dpkg-query -W $(DIST_QT_LIBS) >/dev/null 2>&1; then \
+	  echo "installing the libraries Qt's xcb plugin links, to bundle them: $(DIST_QT_LIBS)"; \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DIST_QT_LIBS); } \
+	  || echo "*** could not install them: the bundle will need them on the user's machine"; fi
+
+# Switching TORCH rebuilds: the flavour file of the other one is gone.
+build/dist-%.flavour:
+	@mkdir -p build && touch $@
+
+$(DIST_APP): $(DIST_INPUTS) build/dist-$(TORCH).flavour
+	$(MAKE) --no-print-directory dist-env
+	@$(MAKE) --no-print-directory dist-qt-libs
+	$$(cat $(DIST_PYFILE)) -m PyInstaller --noconfirm --log-level WARN --workpath build/pyinstaller --distpath dist build.spec
+	rm -f build/dist-*.flavour && touch build/dist-$(TORCH).flavour $(DIST_APP)
+
+dist: $(DIST_APP)
+
+# The folder as one archive to hand out (Linux: tar.gz keeps the links and permissions inside).
+DIST_ARCHIVE := dist/ProtoLabel-$(shell uname -s | tr A-Z a-z)-$(shell uname -m).tar.gz
+dist-archive: $(DIST_ARCHIVE)
+$(DIST_ARCHIVE): $(DIST_APP)
+	tar -C dist -czf $@ ProtoLabel
+	@ls -l $@
+
+# Builds the bundle when it is older than the sources, then runs it (tests/test_dist.py).
+test-dist: install dist
+	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/test_dist.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
