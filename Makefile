@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENCLIPART := /usr/share/openclipart/png
 
-.PHONY: install qt-libs run demo selftest test test-fast bench bench-resolution openclipart clean
+.PHONY: install qt-libs run demo selftest test test-memory test-fast bench bench-resolution openclipart clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProtoLabel needs Python 3.11, found " + sys.version' 
@@ -42,6 +42,10 @@ selftest: install
 # Includes tests/test_dist.py, which builds the PyInstaller bundle (`make dist`) when it is out of date.
 test: install
 	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+# The 10,000-image peak-memory test (tests/core/test_memory.py, ~7 min), outside `make test`: see README.
+test-memory: install
+	PROTOLABEL_TEST_MEMORY=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/core/test_memory.py -s
 
 test-fast: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow"
