@@ -154,15 +154,13 @@ def _project_model(folder: Path) -> str | None:
     return model if isinstance(model, str) else None
 
 
-
 def _skipped_notice(skipped: dict[str, str], folder: str, shown: int = 5) -> str:
     """'3 file(s) in photos could not be read and were skipped: a.jpg (file is empty); ...' (reasons without
     the full paths, which the names already stand for)."""
     parts = []
     for path, reason in list(skipped.items())[:shown]:
-        name = Path(path).name
-        why = reason.split(": ", 1)[1] if reason.startswith("cannot read ") and ": " in reason else reason
-        parts.append(f"{name} ({why})")
+        prefix = f"cannot read '{path}': "  # ImageError's wording; the name below stands for the path
+        parts.append(f"{Path(path).name} ({reason[len(prefix):] if reason.startswith(prefix) else reason})")
     more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
     return f"{len(skipped)} file(s) in {folder} could not be read and were skipped: " + "; ".join(parts) + more
 
