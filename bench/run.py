@@ -486,10 +486,14 @@ class GuiLive:
         self.frames.put(frame)
         self._until(lambda: i in self.results, 60)
         prediction = self.results.pop(i)
+        self._draw(frame, prediction)
+        return prediction
+
+    def _draw(self, frame: object, prediction: object) -> None:
+        """What the window does with a prediction: frame and overlay into the live view, painted."""
         self.view.set_frame(frame)
         self.view.set_prediction(prediction)
         self.view.render(self.canvas)
-        return prediction
 
     def stream(self, frames: list[tuple[str, np.ndarray]], seconds: float, feed_fps: float) -> tuple[int, float, int]:
         """A camera faster than the model: a feeder thread puts frames at feed_fps (the engine keeps the newest);
@@ -524,9 +528,7 @@ class GuiLive:
                 if i not in shown:
                     continue
                 frame, kind = shown[i]
-                self.view.set_frame(frame)
-                self.view.set_prediction(prediction)
-                self.view.render(self.canvas)
+                self._draw(frame, prediction)
                 drawn += 1
                 right += prediction.label == kind
         stop.set()

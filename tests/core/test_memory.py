@@ -47,9 +47,9 @@ def _label(tmp_path: Path, folder: Path, name: str) -> tuple[float, list[dict[st
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / f"{name}.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    print(f"\n{name}: {len(rows)} images, peak RSS {json.loads(report.read_text())['peak_mb']:.0f} MB; "
-          f"{result.stderr.strip().splitlines()[-1]}")
-    return json.loads(report.read_text())["peak_mb"], rows
+    peak = json.loads(report.read_text())["peak_mb"]
+    print(f"\n{name}: {len(rows)} images, peak RSS {peak:.0f} MB; {result.stderr.strip().splitlines()[-1]}")
+    return peak, rows
 
 
 @pytest.mark.slow
