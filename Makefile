@@ -8,11 +8,24 @@ OPENCLIPART := /usr/share/openclipart/png
 
 .PHONY: install qt-libs run demo selftest test test-memory test-fast bench bench-resolution openclipart clean
 
+# PyPI's Linux torch brings ~4.5 GB of CUDA libraries (the venv: ~6.3 GB). DEV_TORCH=auto (default) installs
+# it when there is room, but with less than $(DEV_TORCH_MIN_MB) MB free takes the CPU-only wheel instead, where
+# there is one (TORCH_CPU_WHEEL, below): ~2 GB in all. DEV_TORCH=cpu or =pypi forces either.
+DEV_TORCH        ?= auto
+DEV_TORCH_MIN_MB ?= 9000
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProtoLabel needs Python 3.11, found " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	@set -e; free_mb=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1024)}'); echo "free disk space here: $$free_mb MB"; \
+	if [ "$(DEV_TORCH)" = cpu ] || { [ "$(DEV_TORCH)" = auto ] && [ "$$free_mb" -lt $(DEV_TORCH_MIN_MB) ]; }; then \
+	  if [ -n "$(TORCH_CPU_WHEEL)" ] && [ -f "$(TORCH_CPU_WHEEL)" ]; then \
+	    echo "installing the CPU-only torch (DEV_TORCH=$(DEV_TORCH), $$free_mb MB free)"; \
+	    $(call INSTALL_CPU_TORCH,$(PY)); \
+	  else echo "*** $$free_mb MB free and no CPU-only torch wheel: PyPI's torch needs ~7 GB; this may fail"; fi; \
+	fi
+	$(PY) -m pip install --no-cache-dir -e ".[dev]"
+	$(PY) -c 'import core, torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 	touch $(STAMP)
 
 install: $(STAMP) qt-libs
@@ -74,8 +87,15 @@ DIST_APP    := dist/ProtoLabel/ProtoLabel
 DIST_INPUTS := build.spec pyproject.toml $(shell find core desktop resources -type f ! -name '*.pyc' 2>/dev/null)
 # torchvision 0.N+15 goes with torch 2.N.
 TORCHVISION_FOR = torchvision==0.$$(( $$(echo $(1) | cut -d. -f2) + 15 )).*
-# Lets PyPI's torchvision (built against CUDA torch) import beside a CPU-only torch: desktop/startup.py.
+# Lets PyPI's torchvision (built against CUDA torch) import beside a CPU-only torch: core/_torchvision_guard.py.
 GUARD_PTH := zz-protolabel-torchvision-guard.pth
+# $(call INSTALL_CPU_TORCH,python): TORCH_CPU_WHEEL and the matching torchvision from PyPI (shell commands, for
+# a recipe's `set -e` block). `import core` installs the guard itself; $(call WRITE_GUARD,python) installs it at
+# every start of that python, for PyInstaller's hooks, which import torchvision in fresh processes.
+INSTALL_CPU_TORCH = version=$$(basename "$(TORCH_CPU_WHEEL)" | cut -d- -f2); \
+	  echo "CPU-only torch from $(TORCH_CPU_WHEEL) with PyPI's $(call TORCHVISION_FOR,$$version)"; \
+	  $(1) -m pip install --no-cache-dir "$(TORCH_CPU_WHEEL)" "$(call TORCHVISION_FOR,$$version)"
+WRITE_GUARD = $(1) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "$(GUARD_PTH)").write_text("import importlib.util as u; s = u.spec_from_file_location(\"protolabel_torchvision_guard\", \"$(CURDIR)/core/_torchvision_guard.py\"); m = u.module_from_spec(s); s.loader.exec_module(m); m.install()\n")'
 
 $(DIST_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ProtoLabel needs Python 3.11, found " + sys.version'
@@ -83,9 +103,8 @@ $(DIST_STAMP): pyproject.toml
 	$(DIST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	@set -e; \
 	if [ -n "$(TORCH_CPU_WHEEL)" ] && [ -f "$(TORCH_CPU_WHEEL)" ]; then \
-	  version=$$(basename "$(TORCH_CPU_WHEEL)" | cut -d- -f2); \
-	  echo "CPU-only torch from $(TORCH_CPU_WHEEL) with PyPI's $(call TORCHVISION_FOR,$$version)"; \
-	  $(DIST_VENV)/bin/python -m pip install "$(TORCH_CPU_WHEEL)" "$(call TORCHVISION_FOR,$$version)" -e ".[dist]"; \
+	  $(call INSTALL_CPU_TORCH,$(DIST_VENV)/bin/python); \
+	  $(DIST_VENV)/bin/python -m pip install --no-cache-dir -e ".[dist]"; \
 	else \
 	  $(DIST_VENV)/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=15)' \
 	    "$(TORCH_CPU_INDEX)" 2>/dev/null || { echo "no CPU-only torch: no TORCH_CPU_WHEEL and $(TORCH_CPU_INDEX) unreachable"; exit 1; }; \
@@ -93,7 +112,7 @@ $(DIST_STAMP): pyproject.toml
 	  $(DIST_VENV)/bin/python -m pip install --index-url "$(TORCH_CPU_INDEX)" torch torchvision; \
 	  $(DIST_VENV)/bin/python -m pip install -e ".[dist]"; \
 	fi
-	$(DIST_VENV)/bin/python -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "$(GUARD_PTH)").write_text("import desktop.startup; desktop.startup.install_torchvision_guard()\n")'
+	$(call WRITE_GUARD,$(DIST_VENV)/bin/python)
 	$(DIST_VENV)/bin/python -c 'import torch, timm; assert torch.version.cuda is None, "torch " + torch.__version__ + " has CUDA"; print("build env: torch", torch.__version__, "timm", timm.__version__)'
 	touch $(DIST_STAMP)
 

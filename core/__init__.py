@@ -5,6 +5,10 @@ import os as _os
 # 2-core machine, spinning made a batch-1 forward 3-30x slower (bench, 2-core VM under load, 2026-11-27). Set before
 # torch is first imported; an explicit OMP_WAIT_POLICY wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import _torchvision_guard
+
+# Before timm or torchvision are imported (core.backbones): a CPU-only torch beside PyPI's torchvision.
+_torchvision_guard.install()
 from .backbones import (
     DEFAULT_BACKBONE,
     Backbone,

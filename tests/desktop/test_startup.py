@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -267,38 +266,3 @@ def test_diagnosis_of_xcb_without_a_display(monkeypatch):
 def test_the_offscreen_plugin_shows_no_problem(monkeypatch):
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     assert startup.platform_diagnosis() == ""
-
-
-# ------------------------------------------------------------------------------------------------ torchvision
-def test_torchvision_guard_leaves_a_working_torchvision_alone():
-    """With torchvision's own C++ ops loadable (this environment), nothing is declared."""
-    env = dict(os.environ)
-    proc = run_python(textwrap.dedent("""
-        from desktop.startup import install_torchvision_guard
-        install_torchvision_guard()
-        import torchvision, torch
-        from desktop import startup
-        assert startup._TORCHVISION_LIB is None
-        boxes = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.]])
-        print(torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5).tolist())
-    """), env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[0]"
-
-
-def test_torchvision_guard_declares_the_ops_when_the_extension_is_missing(tmp_path):
-    """As in the CPU-only bundle: no loadable _C. The schemas are declared, torchvision's ops then raise its own
-    error instead of the import failing."""
-    proc = run_python(textwrap.dedent(f"""
-        from pathlib import Path
-        import torch
-        from desktop.startup import declare_missing_torchvision_ops
-        assert declare_missing_torchvision_ops(Path({str(tmp_path)!r}))
-        assert torch.ops.torchvision.nms.default._schema.name == "torchvision::nms"
-        try:
-            torch.ops.torchvision.qnms(torch.zeros(1, 4), torch.zeros(1), 0.5)
-        except NotImplementedError as exc:
-            print("no kernel:", type(exc).__name__)
-    """), dict(os.environ))
-    assert proc.returncode == 0, proc.stderr
-    assert "no kernel: NotImplementedError" in proc.stdout
