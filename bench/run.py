@@ -13,7 +13,7 @@ Figures (each a median over repeated runs; each ratio measured inside the same r
      live_core            the same without Qt, stage by stage: from_bgr -> preprocess -> embed_tensor ->
                           predict_features -> overlay drawn with OpenCV, with the bench's threads
   5. folder               label_paths + write_labels_csv over a JPEG folder, vs the bare forward at the same batch
-  6. peak_rss_mb          ru_maxrss after 4 and after 5
+  6. peak_rss_mb          peak resident memory (VmHWM) after 4 and after 5
 
 All images are generated (drawn shapes on noisy backgrounds, 640x480). Results are also written to
 bench/results/<hostname>-<date>.json unless --out names another path. See bench/README.md.
@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import socket
 import statistics
 import sys
@@ -43,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import core  # noqa: E402
-from core.device import autocast  # noqa: E402
+from core.device import autocast, peak_memory_mb  # noqa: E402
 FIXED_LR = 3e-4  # times the final phase on all 25 examples (auto may keep lr 0 and train nothing)
 
 SCHEMA_VERSION = 1
@@ -107,9 +106,8 @@ def sync(device: torch.device) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024, 1)
+    """Peak resident set size of this process so far (core.device.peak_memory_mb: not the parent's)."""
+    return round(peak_memory_mb(), 1)
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -9,6 +9,10 @@ from . import _torchvision_guard
 
 # Before timm or torchvision are imported (core.backbones): a CPU-only torch beside PyPI's torchvision.
 _torchvision_guard.install()
+from .device import keep_freed_memory as _keep_freed_memory
+
+# Freed activations are reused instead of unmapped and page-faulted in again on every forward (core/device.py).
+_keep_freed_memory()
 from .backbones import (
     DEFAULT_BACKBONE,
     Backbone,

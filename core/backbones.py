@@ -34,6 +34,7 @@ __all__ = [
     "BackboneSpec",
     "WeightsNotFoundError",
     "embedded_weights_file",
+    "fold_batchnorm",
     "available_backbones",
     "create_backbone",
     "register_backbone",
@@ -73,8 +74,23 @@ class Backbone(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, C, h, w)"""
-        return self.trunk(x)
+        """(B, 3, S, S) -> (B, C, h, w). Inference (eval mode, no autograd) runs a copy of the trunk with its
+        batch norms folded into the convolutions, rebuilt whenever a trunk tensor changes. Tracing and export
+        (ONNX, TorchScript, torch.compile) see the trunk itself: the copy is no submodule of theirs."""
+        if (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+            return self.trunk(x)
+        return self._folded_trunk()(x)
+
+    def _folded_trunk(self) -> nn.Module:
+        key = (self.trunk.training, *((t.data_ptr(), t._version, t.device, t.dtype)
+                                      for t in (*self.trunk.parameters(), *self.trunk.buffers())))
+        cached = self.__dict__.get("_folded")  # not a registered submodule: no state_dict entry, no .to()
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                folded = fold_batchnorm(self.trunk, self.preprocess_config.size)
+            self.__dict__["_folded"] = cached = (key, folded if folded is not None else self.trunk)
+        return cached[1]
 
     def forward_tail(self, m: torch.Tensor, tail: nn.Module | None = None) -> torch.Tensor:
         """(B, C, h, w) trunk maps -> (B, D) features, through `tail` (an adapted copy) or the own tail."""
@@ -95,6 +111,45 @@ class Backbone(nn.Module):
         if self.classifier is None:
             raise RuntimeError(f"backbone {self.name} has no ImageNet classifier")
         return self.classifier(self.pool(self.tail(self.forward_trunk(x))).flatten(1))
+
+
+def fold_batchnorm(module: nn.Module, size: int = 224, atol: float = 1e-3) -> nn.Module | None:
+    """An eval-mode copy of `module` where each BatchNorm2d that directly follows a Conv2d among a parent's
+    children (timm's conv -> BatchNormAct2d pairs) is folded into that convolution; the norm's activation stays.
+    On the CPU, batch norm was ~14% of the trunk's forward time. Checked on a random input against the
+    original: None when the copy's output differs by more than `atol` (a model whose children don't run in
+    the order they are registered) or nothing could be folded."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    if module.training:  # batch statistics, not running ones
+        return None
+    folded = copy.deepcopy(module).eval()
+    count = 0
+    for parent in list(folded.modules()):
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                    and bn.running_mean is not None and conv.out_channels == bn.num_features):
+                continue
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                                bn.weight, bn.bias)
+            conv.weight, conv.bias = weight, bias
+            # timm's BatchNormAct2d: norm, then drop and act, which stay.
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if isinstance(m, nn.Module)]
+            parent._modules[second] = nn.Sequential(*rest) if rest else nn.Identity()
+            count += 1
+    if count == 0:
+        return None
+    folded.requires_grad_(False)
+    param = next(module.parameters())
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    expected, got = module(x), folded(x)
+    if expected.shape != got.shape or not torch.allclose(expected, got, atol=atol, rtol=1e-3):
+        return None
+    return folded
 
 
 @dataclass(frozen=True)

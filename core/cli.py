@@ -45,7 +45,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="registered backbone name (see `protolabel backbones`)")
     p.add_argument("--weights", metavar="FILE", help="weights for --backbone when they are not embedded")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per forward pass (default: 16 on the CPU, 32 on a GPU)")
     p.add_argument("--input-size", type=_positive_int, default=None, metavar="PX",
                    help="square input size in pixels (default: the backbone's, 224 for Lite0); a multiple of 32")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 
 import torch
 
@@ -54,3 +55,67 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def peak_memory_mb() -> float:
+    """This process's own peak resident memory in MB.
+
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss: the kernel carries the parent's peak into a child
+    started with vfork (as Python's subprocess does), so a child of a 2 GB process reported 2 GB before doing
+    anything (checked 2026-12-01). Elsewhere ru_maxrss (KiB, bytes on macOS), which has no such problem there."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+MALLOC_KEEP_BYTES = 1 << 30  # freed heap memory kept for reuse, up to this much, instead of returned at once
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse the memory of freed tensors instead of unmapping it (Linux with glibc; elsewhere a no-op
+    returning False). Returns whether it was set.
+
+    By default glibc serves blocks over 32 MB (a batch's activations) with mmap and unmaps them on free, so
+    every forward pass page-faults its activations in afresh: on the 2-core VM, labeling at batch 32 spent more
+    time in the kernel than computing (2.4 M page faults for 128 images; 7.5 s system vs 5.6 s user) and ran
+    at 19-21 images/s, 75 with this (2026-12-01, /tmp microbenchmark of the trunk+tail). No mmap (M_MMAP_MAX 0) and
+    no trimming below MALLOC_KEEP_BYTES: memory a batch freed serves the next one. Skipped when the user set
+    MALLOC_MMAP_MAX_ or MALLOC_TRIM_THRESHOLD_ (theirs win) or PROTOLABEL_MALLOC=default. `release_memory`
+    gives the kept memory back after long operations."""
+    if (not sys.platform.startswith("linux") or os.environ.get("PROTOLABEL_MALLOC") == "default"
+            or "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ):
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES))
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the system (glibc malloc_trim); a no-op elsewhere. For the end of long
+    operations (a folder labeled, fine-tuning done), when keep_freed_memory holds on to it."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - musl and others lack them
+    except (OSError, AttributeError):
+        return None
+    return libc

@@ -53,6 +53,7 @@ from core import (
     store_labels,
     write_labels_csv,
 )
+from core.device import release_memory
 
 from .state import ClassInfo, ExampleInfo, FolderItem, LivePrediction, ModelSnapshot
 
@@ -299,6 +300,8 @@ class Engine(QObject):
             log.error("%s failed:\n%s", job.name, traceback.format_exc())
             self.message.emit("error", f"{job.name} failed: {type(exc).__name__}: {exc}")
         self._after_change()
+        if job.cancel is not None:  # a long job (folder, fine-tuning, import): give its kept memory back
+            release_memory()
         self.jobFinished.emit(job.name, str(summary))
 
     # ------------------------------------------------------------------ idle work

@@ -60,7 +60,7 @@ def default_embedder() -> Embedder:
     from core import configure_threads, create_default_backbone
 
     configure_threads(reserve=1)
-    return Embedder(create_default_backbone(), "auto", batch_size=16)
+    return Embedder(create_default_backbone(), "auto")
 
 
 class MessageBar(QFrame):

@@ -81,3 +81,61 @@ def test_model_file_from_other_format_version_is_refused(backbone, tmp_path):
 def test_preprocess_config_round_trip():
     cfg = PreprocessConfig(size=260, fit="crop")
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ------------------------------------------------------------------------------------------------ folded trunk
+def test_inference_runs_a_trunk_with_batch_norm_folded_in(backbone):
+    """Same maps as the trunk itself (real photo), no batch norm left in the copy, nothing new in the
+    state dict (model files and the embedding cache's model key stay as they were)."""
+    import copy
+
+    model = copy.deepcopy(backbone).eval()
+    keys = set(model.state_dict())
+    x = preprocess([skimage_data.chelsea(), skimage_data.coffee()], model.preprocess_config)
+    with torch.inference_mode():
+        folded = model.forward_trunk(x)
+        plain = model.trunk(x)
+    assert torch.allclose(folded, plain, atol=1e-3, rtol=1e-3)
+    copy_ = model.__dict__["_folded"][1]
+    assert copy_ is not model.trunk
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy_.modules())
+    assert set(model.state_dict()) == keys
+
+
+def test_folded_trunk_follows_changed_weights(backbone):
+    """An optimizer step or load_state_dict changes trunk tensors in place: the next inference folds again."""
+    import copy
+
+    model = copy.deepcopy(backbone).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        before = model.forward_trunk(x)
+    with torch.no_grad():
+        model.trunk[0].weight.mul_(0.5)  # the stem convolution
+    with torch.inference_mode():
+        after, plain = model.forward_trunk(x), model.trunk(x)
+    assert not torch.allclose(before, after, atol=1e-2)
+    assert torch.allclose(after, plain, atol=1e-3, rtol=1e-3)
+
+
+def test_folding_is_refused_when_the_check_fails():
+    """Children registered conv-then-norm but not run that way: folding them would be wrong, the check on a
+    random input catches it and the trunk runs as it is."""
+    from core.backbones import fold_batchnorm
+
+    class SideBySide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.bn = torch.nn.BatchNorm2d(3)
+            with torch.no_grad():
+                self.bn.running_mean.fill_(0.3)
+                self.bn.running_var.fill_(2.0)
+
+        def forward(self, x):
+            return self.conv(x) + self.bn(x)
+
+    assert fold_batchnorm(SideBySide().eval(), size=16) is None
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    assert fold_batchnorm(plain, size=16) is not None
+    assert fold_batchnorm(plain.train(), size=16) is None  # training: batch statistics, nothing to fold
