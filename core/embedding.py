@@ -63,8 +63,15 @@ class EmbeddedBatch:
 def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
     from .images import resize_for_model
 
-    # Decode reduced: twice the model size keeps resampling quality and bounds memory.
-    return resize_for_model(load_image(path, max_side=max(2 * config.size, 512)), config)
+    # Decode reduced (JPEG scaled decode, integer box reduction) while the longer side stays >= twice the model
+    # size: bounds memory and keeps resampling quality; the one resize to the model's size is resize_for_model's,
+    # as for a camera frame.
+    return resize_for_model(load_image(path, max_side=decode_max_side(config), exact=False), config)
+
+
+def decode_max_side(config: PreprocessConfig) -> int:
+    """The reduced decode's target for files on the model path (recorded in exported models' metadata)."""
+    return max(2 * config.size, 512)
 
 
 def load_many(
@@ -124,6 +131,10 @@ class Embedder:
         if self._batch_size is not None:
             return self._batch_size
         return 32 if self.device.type == "cuda" else 16
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        self._batch_size = value
 
     @property
     def config(self) -> PreprocessConfig:

@@ -108,17 +108,15 @@ def to_rgb(im: Image.Image, factor: int) -> np.ndarray:
 
 
 def load_image(path: Path, max_side: int) -> np.ndarray:
-    """A file -> RGB uint8 (H, W, 3) with the longer side at most max_side (never enlarged)."""
+    """A file -> RGB uint8 (H, W, 3), reduced as ProtoLabel does before its one resize: JPEG decoded at 1/2,
+    1/4 or 1/8 and other formats box-reduced by an integer factor, while the longer side stays >= max_side."""
     with Image.open(path) as im:
         w0, h0 = im.size
         if w0 <= 0 or h0 <= 0 or w0 * h0 > MAX_PIXELS:
             raise ValueError(f"unsupported image size {w0}x{h0}")
-        extent = (float(w0), float(h0))  # the original image in pixels of the (draft-)reduced one
         if max(w0, h0) > max_side:
             scale = max_side / max(w0, h0)
-            drafted = im.draft("RGB", (max(1, math.ceil(w0 * scale)), max(1, math.ceil(h0 * scale))))
-            if drafted is not None:  # JPEG: libjpeg decodes at 1/2, 1/4 or 1/8
-                extent = (float(drafted[1][2]), float(drafted[1][3]))
+            im.draft("RGB", (max(1, math.ceil(w0 * scale)), max(1, math.ceil(h0 * scale))))  # JPEG only
         im.load()
         try:
             orientation = int(im.getexif().get(0x0112, 1))
@@ -126,11 +124,6 @@ def load_image(path: Path, max_side: int) -> np.ndarray:
             orientation = 1
         factor = max(1, max(im.size) // max_side)
         array = to_rgb(im, factor)
-    extent = (extent[0] / factor, extent[1] / factor)
-    if max(array.shape[:2]) > max_side:
-        scale = max_side / max(w0, h0)
-        size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-        array = np.array(Image.fromarray(array).resize(size, Image.Resampling.LANCZOS, box=(0.0, 0.0, *extent)))
     if orientation in ORIENTATION:
         array = np.ascontiguousarray(ORIENTATION[orientation](array))
     return array

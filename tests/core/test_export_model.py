@@ -27,7 +27,7 @@ from PIL import Image
 import core
 from core.classifier import FewShotClassifier
 from core.export_model import METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, export_model, read_exported_metadata
-from core.images import list_images, load_image, preprocess, resize_for_model
+from core.images import list_images, load_image, preprocess
 from core.labeling import add_support_tree
 from core.project import load_project, save_project
 from synthetic import write_tree
@@ -240,14 +240,15 @@ def test_example_preprocessing_matches_core(tree, embedder, fit):
     OpenCV's area and bilinear filters with their rounding."""
     import dataclasses
 
+    from core.embedding import _decode_and_resize, decode_max_side
     from core.images import to_tensor
 
     example = _example_module()
     config = dataclasses.replace(embedder.config, fit=fit)
-    max_side = max(2 * config.size, 512)
+    max_side = decode_max_side(config)
     want, got = [], []
     for path in _readable(tree):
-        want.append(resize_for_model(load_image(path, max_side=max_side), config))
+        want.append(_decode_and_resize(str(path), config))  # the model path's decode and resize
         got.append(example.fit(example.load_image(path, max_side), config.size, config.fit, config.pad_value))
         assert np.array_equal(got[-1], want[-1]), path.name
     assert np.allclose(example.to_input(got, config.to_dict()), to_tensor(want, config).numpy(), atol=1e-6)
