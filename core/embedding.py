@@ -69,6 +69,11 @@ def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
     return resize_for_model(load_image(path, max_side=decode_max_side(config), exact=False), config)
 
 
+# How files become model input (_decode_and_resize); part of model_key, so caches of features computed the
+# old way are not reused. 2: one area resize from the reduced decode (2026-12-01; 1: LANCZOS to 512 first).
+DECODE_VERSION = 2
+
+
 def decode_max_side(config: PreprocessConfig) -> int:
     """The reduced decode's target for files on the model path (recorded in exported models' metadata)."""
     return max(2 * config.size, 512)
@@ -232,9 +237,11 @@ class Embedder:
                 return
 
     def model_key(self) -> str:
-        """Identifies backbone weights + preprocessing, for caches: sha1 of the tail + trunk parameters."""
+        """Identifies backbone weights + preprocessing (and DECODE_VERSION), for caches: sha1 of the tail + trunk
+        parameters."""
         h = hashlib.sha1(f"{self.backbone.name}:{self.backbone.feature_dim}".encode())
         h.update(repr(self.config.to_dict()).encode())
+        h.update(f"decode {DECODE_VERSION}".encode())
         for p in list(self.backbone.parameters())[::7]:
             h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
         return h.hexdigest()[:16]
