@@ -83,8 +83,11 @@ class Backbone(nn.Module):
         return self._folded_trunk()(x)
 
     def _folded_trunk(self) -> nn.Module:
-        key = (self.trunk.training, *((t.data_ptr(), t._version, t.device, t.dtype)
-                                      for t in (*self.trunk.parameters(), *self.trunk.buffers())))
+        try:
+            key = (self.trunk.training, *((t.data_ptr(), t._version, t.device, t.dtype)
+                                          for t in (*self.trunk.parameters(), *self.trunk.buffers())))
+        except RuntimeError:  # weights created under inference_mode have no version counter: no cache
+            return self.trunk
         cached = self.__dict__.get("_folded")  # not a registered submodule: no state_dict entry, no .to()
         if cached is None or cached[0] != key:
             with torch.inference_mode(False), torch.no_grad():

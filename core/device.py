@@ -88,7 +88,7 @@ def keep_freed_memory() -> bool:
     By default glibc serves blocks over 32 MB (a batch's activations) with mmap and unmaps them on free, so
     every forward pass page-faults its activations in afresh: on the 2-core VM, labeling at batch 32 spent more
     time in the kernel than computing (2.4 M page faults for 128 images; 7.5 s system vs 5.6 s user) and ran
-    at 19-21 images/s, 75 with this (2026-12-01, /tmp microbenchmark of the trunk+tail). No mmap (M_MMAP_MAX 0) and
+    at 19-21 images/s, 71-75 with this (2026-12-01, a microbenchmark of trunk+tail). No mmap (M_MMAP_MAX 0) and
     no trimming below MALLOC_KEEP_BYTES: memory a batch freed serves the next one. Skipped when the user set
     MALLOC_MMAP_MAX_ or MALLOC_TRIM_THRESHOLD_ (theirs win) or PROTOLABEL_MALLOC=default. `release_memory`
     gives the kept memory back after long operations."""

@@ -139,3 +139,17 @@ def test_folding_is_refused_when_the_check_fails():
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
     assert fold_batchnorm(plain, size=16) is not None
     assert fold_batchnorm(plain.train(), size=16) is None  # training: batch statistics, nothing to fold
+
+
+def test_weights_made_under_inference_mode_run_unfolded():
+    """Such tensors have no version counter to watch: the trunk runs as it is, no error."""
+    import torch.nn as nn
+
+    from core.backbones import Backbone
+
+    with torch.inference_mode():
+        trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()
+        model = Backbone("t", trunk, nn.Identity(), 4, PreprocessConfig(size=16)).eval()
+        x = torch.randn(1, 3, 16, 16)
+        assert torch.equal(model.forward_trunk(x), trunk(x))
+    assert model._folded_trunk() is trunk
