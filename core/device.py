@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -109,7 +110,9 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
+    """libc with mallopt and malloc_trim, loaded once (release_memory runs after every long job); None elsewhere."""
     import ctypes
     import ctypes.util
 
