@@ -63,20 +63,25 @@ class EmbeddedBatch:
 def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
     from .images import resize_for_model
 
-    # Decode reduced (JPEG scaled decode, integer box reduction) while the longer side stays >= twice the model
-    # size: bounds memory and keeps resampling quality; the one resize to the model's size is resize_for_model's,
-    # as for a camera frame.
-    return resize_for_model(load_image(path, max_side=decode_max_side(config), exact=False), config)
+    # Decode reduced (JPEG scaled decode, integer box reduction) while the side the fit scales to the model's size
+    # stays at least that size; the one resize to it is resize_for_model's, as for a camera frame.
+    side, which = decode_bound(config)
+    if which == "shorter":
+        return resize_for_model(load_image(path, None, exact=False, shorter_side=side), config)
+    return resize_for_model(load_image(path, side, exact=False), config)
 
 
 # How files become model input (_decode_and_resize); part of model_key, so caches of features computed the
 # old way are not reused. 2: one area resize from the reduced decode (2026-12-01; 1: LANCZOS to 512 first).
-DECODE_VERSION = 2
+# 3: reduced down to the model's size, not 512 px (a 640x480 JPEG decodes at 320x240: 2.5 instead of 4.8 ms), and
+# shrinks over 2x start with a whole-factor box reduction (images._resize; camera frames, 2026-12-01).
+DECODE_VERSION = 3
 
 
-def decode_max_side(config: PreprocessConfig) -> int:
-    """The reduced decode's target for files on the model path (recorded in exported models' metadata)."""
-    return max(2 * config.size, 512)
+def decode_bound(config: PreprocessConfig) -> tuple[int, str]:
+    """The reduced decode's floor for files on the model path (recorded in exported models' metadata):
+    (pixels, "longer" or "shorter"), the side that the fit scales to ``config.size`` (pad: the longer one)."""
+    return config.size, ("longer" if config.fit == "pad" else "shorter")
 
 
 def load_many(
@@ -85,9 +90,14 @@ def load_many(
     batch_size: int = 32,
     workers: int | None = None,
     cancel: CancelToken | None = None,
+    prefetch: bool = True,
 ) -> Iterator[tuple[list[str], list[np.ndarray], list[Skipped]]]:
-    """Decode + resize files in a thread pool (PIL and OpenCV release the GIL), a batch ahead of the consumer.
-    Yields (paths, (S, S, 3) uint8 arrays, skipped) per batch; unreadable files are reported, never raised."""
+    """Decode + resize files in a thread pool (PIL and OpenCV release the GIL).
+    Yields (paths, (S, S, 3) uint8 arrays, skipped) per batch; unreadable files are reported, never raised.
+
+    ``prefetch``: decode the next batch while the consumer works on this one. Right when the consumer leaves cores
+    idle (a GPU forward, torch on fewer threads than cores); when torch's threads fill every core, decoding
+    beside them stalls the forward more than it saves (see ``Embedder.prefetch``), so decode in between instead."""
     workers = workers or max(2, min(8, (os.cpu_count() or 2)))
     items = [str(p) for p in paths]
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
@@ -98,8 +108,8 @@ def load_many(
         pending = submit(batches[0]) if batches else []
         for index, batch in enumerate(batches):
             current = pending
-            # Prefetch the next batch while this one is consumed (decode overlaps the forward pass).
-            pending = submit(batches[index + 1]) if index + 1 < len(batches) else []
+            if prefetch and index + 1 < len(batches):
+                pending = submit(batches[index + 1])  # decode overlaps the consumer's work on this batch
             ok_paths, arrays, skipped = [], [], []
             for path, fut in zip(batch, current):
                 try:
@@ -114,6 +124,8 @@ def load_many(
                 for fut in pending:
                     fut.cancel()
                 return
+            if not prefetch and index + 1 < len(batches):
+                pending = submit(batches[index + 1])  # every worker decodes while the consumer waits
 
 
 class Embedder:
@@ -140,6 +152,20 @@ class Embedder:
     @batch_size.setter
     def batch_size(self, value: int | None) -> None:
         self._batch_size = value
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether files are decoded while the forward runs (load_many's ``prefetch``): yes unless the forward
+        runs on the CPU with a thread on every core. There, decoding beside it stalls the forward more than the
+        decode costs: OpenMP's threads wait for the one a decoder displaced. Measured on 2 cores (640x480 JPEGs,
+        batch 16, 2026-12-01): forwards beside decoding took 250-290 ms instead of 210-230."""
+        if self.device.type != "cpu":
+            return True
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not on Linux
+            cores = os.cpu_count() or 1
+        return torch.get_num_threads() < cores
 
     @property
     def config(self) -> PreprocessConfig:
@@ -225,7 +251,7 @@ class Embedder:
         cancel: CancelToken | None = None,
     ) -> Iterator[EmbeddedBatch]:
         """Files -> batches of features as they are ready (decode of batch i+1 overlaps the forward of i)."""
-        for ok, arrays, skipped in load_many(paths, self.config, self.batch_size, cancel=cancel):
+        for ok, arrays, skipped in load_many(paths, self.config, self.batch_size, cancel=cancel, prefetch=self.prefetch):
             if arrays:
                 from .images import to_tensor
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from .backbones import Backbone
 from .classifier import DEFAULT_UNKNOWN_SIMILARITY, UNKNOWN_LABEL
-from .embedding import Embedder, decode_max_side
+from .embedding import Embedder, decode_bound
 from .methods import PrototypeClassifier
 
 __all__ = [
@@ -151,9 +151,9 @@ def _metadata(project, classes: list[str], thresholds: dict[str, float], scale: 
                         "similarities[best] < thresholds[classes[best]] (a class without a threshold is never unknown)",
         "scale": scale,
         "preprocess": config.to_dict(),
-        # Files are decoded reduced (JPEG scaled decode, integer box reduction) while the longer side stays at
-        # least this, then resized once to the input size (embedding._decode_and_resize).
-        "decode_max_side": decode_max_side(config),
+        # Files are decoded reduced (JPEG scaled decode, integer box reduction) while the named side stays at
+        # least that many pixels, then resized once to the input size (embedding._decode_and_resize).
+        "decode_bound": dict(zip(("pixels", "side"), decode_bound(config))),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, s, s], "dtype": "float32",
                   "description": "RGB, (pixel - mean) / std on 0-255 values, NCHW"},
         "outputs": {

@@ -107,24 +107,33 @@ class ImageError(Exception):
 
 
 def load_image(
-    source: StrPath | bytes | bytearray | memoryview, max_side: int | None = 1024, exact: bool = True
+    source: StrPath | bytes | bytearray | memoryview,
+    max_side: int | None = 1024,
+    exact: bool = True,
+    *,
+    shorter_side: int | None = None,
 ) -> np.ndarray:
     """Decode a file path or encoded bytes to a C-contiguous, writable RGB uint8 array (H, W, 3).
 
     With ``max_side`` the longer side is at most ``max_side`` (images are never enlarged); ``None`` keeps
-    full size. ``exact=False`` stops after the cheap reductions (JPEG's scaled decode, integer box reduction):
-    the longer side then ends under ``2 * max_side``, for callers that resize again anyway (the model path,
-    where the last, LANCZOS step took 8 of 14.5 ms for a 640x480 JPEG). Animated files give their first frame.
-    Raises ``ImageError`` for anything unreadable.
+    full size. ``shorter_side`` (instead of ``max_side``) bounds the shorter side the same way, for callers
+    that crop to a square. ``exact=False`` stops after the cheap reductions (JPEG's scaled decode, integer box
+    reduction): the bounded side then ends at least at, and under twice, the bound, for callers that resize
+    again anyway (the model path). Animated files give their first frame. Raises ``ImageError`` for anything
+    unreadable.
     """
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
-        raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
+    for name, value in (("max_side", max_side), ("shorter_side", shorter_side)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    if shorter_side is not None and max_side is not None:
+        raise ValueError("give max_side or shorter_side, not both")
+    bound = (max_side, False) if shorter_side is None else (shorter_side, True)
     if isinstance(source, (bytes, bytearray, memoryview)):
         with io.BytesIO(source) as fp:
-            return _load(fp, "in-memory image", max_side, exact)
+            return _load(fp, "in-memory image", bound, exact)
     label = f"'{os.fspath(source)}'"
     with _open_file(source, label) as fp:
-        return _load(fp, label, max_side, exact)
+        return _load(fp, label, bound, exact)
 
 
 def _open_file(path: StrPath, label: str) -> IO[bytes]:
@@ -143,7 +152,7 @@ def _open_file(path: StrPath, label: str) -> IO[bytes]:
         raise ImageError(label, e.strerror or str(e)) from None
 
 
-def _load(fp: IO[bytes], label: str, max_side: int | None, exact: bool = True) -> np.ndarray:
+def _load(fp: IO[bytes], label: str, bound: tuple[int | None, bool], exact: bool) -> np.ndarray:
     head = fp.read(512)
     if not head:
         raise ImageError(label, "file is empty")
@@ -151,7 +160,11 @@ def _load(fp: IO[bytes], label: str, max_side: int | None, exact: bool = True) -
     try:
         with Image.open(fp) as im:
             _check_size(im.size, label)
-            return _decode(im, max_side, exact)
+            side, shorter = bound
+            if shorter and side is not None:
+                # The longer side that keeps the shorter one at `side`; rounded up, so it never ends below.
+                side = math.ceil(side * max(im.size) / max(1, min(im.size)))
+            return _decode(im, side, exact, bound[0] if shorter else None)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -240,9 +253,9 @@ def _webp_truncated(head: bytes, fp: IO[bytes]) -> bool:
     return fp.seek(0, io.SEEK_END) < declared
 
 
-def _decode(im: Image.Image, max_side: int | None, exact: bool = True) -> np.ndarray:
+def _decode(im: Image.Image, max_side: int | None, exact: bool = True, shorter_side: int | None = None) -> np.ndarray:
     """Opened (not yet loaded) image -> RGB uint8 (H, W, 3), at most max_side on the longer side (under
-    2 * max_side when not exact)."""
+    2 * max_side when not exact); exact with ``shorter_side``: that many pixels on the shorter side."""
     w0, h0 = im.size
     # (extent_x, extent_y): the original image measured in pixels of the current, reduced one. Reduced
     # sizes are rounded up, so the last column/row may stand for a partial block; resizing from this
@@ -273,7 +286,7 @@ def _decode(im: Image.Image, max_side: int | None, exact: bool = True) -> np.nda
     extent = (extent[0] / factor, extent[1] / factor)
 
     if exact and max_side is not None and max(array.shape[:2]) > max_side:
-        scale = max_side / max(w0, h0)
+        scale = max_side / max(w0, h0) if shorter_side is None else shorter_side / min(w0, h0)
         size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
         # What is left is under 2x: LANCZOS on the small image, from the exact extent.
         small = Image.fromarray(array).resize(size, Image.Resampling.LANCZOS, box=(0.0, 0.0, *extent))
@@ -469,11 +482,25 @@ def _check_rgb(image: np.ndarray) -> None:
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(H, W, C) -> (height, width, C): INTER_AREA to shrink, INTER_LINEAR to enlarge, per axis."""
+    """(H, W, C) -> (height, width, C). Shrinking: a whole-factor INTER_AREA reduction, then INTER_LINEAR if under 2x
+    both ways, else INTER_AREA. Enlarging: INTER_LINEAR. One axis shrinking, the other growing: per axis."""
     h, w = image.shape[:2]
     if (w, h) == (width, height):
         return image
     if width <= w and height <= h:
+        # OpenCV's area filter is fast only for whole factors: a 640x480 frame to 224x168 took 2.0 ms in one area
+        # resize. So: a whole-factor box reduction first (0.1 ms; up to k-1 edge pixels are left out to make the
+        # factor whole), then what is left, under 2x on the tighter axis, bilinear where it is under 2x on both
+        # (0.16 ms from 320x240, where area took 0.76: samples under 2 px apart read every source pixel), else area.
+        # Measured 2026-12-01 on the 2-core VM; files reach this from their reduced decode, frames as they are.
+        k = min(w // width, h // height)
+        if k >= 2:
+            image = cv2.resize(image[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
+            h, w = image.shape[:2]
+            if (w, h) == (width, height):
+                return image
+        if w < 2 * width and h < 2 * height:
+            return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     if width >= w and height >= h:
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)

@@ -66,9 +66,10 @@ def add_support_tree(
     run = SupportRun({})
     done = 0
     yield Progress("embedding examples", 0, total)
-    # One stream over every class: full batches (one launch per batch on a GPU), decode prefetched.
-    for ok, arrays, skipped in load_many(list(owner), classifier.embedder.config, classifier.embedder.batch_size,
-                                         cancel=cancel):
+    # One stream over every class: full batches (one launch per batch on a GPU).
+    embedder = classifier.embedder
+    for ok, arrays, skipped in load_many(list(owner), embedder.config, embedder.batch_size, cancel=cancel,
+                                         prefetch=embedder.prefetch):
         run.skipped += skipped
         if arrays:
             classifier.add_labeled_examples([owner[p] for p in ok], arrays, ok)
@@ -122,7 +123,9 @@ def label_paths(
         done += len(chunk)
         yield Progress(stage, done, len(items))
     todo = [p for p in items if p not in cached]
-    for ok, arrays, skipped in load_many(todo, classifier.embedder.config, classifier.embedder.batch_size, cancel=cancel):
+    embedder = classifier.embedder
+    for ok, arrays, skipped in load_many(todo, embedder.config, embedder.batch_size, cancel=cancel,
+                                         prefetch=embedder.prefetch):
         run.skipped += skipped
         if arrays:
             batch = to_tensor(arrays, classifier.embedder.config)

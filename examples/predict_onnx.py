@@ -13,8 +13,8 @@ and the preprocessing; this file decodes and preprocesses images the way ProtoLa
 (core/images.py: load_image with a reduced decode, then preprocess), with Pillow and numpy only:
 EXIF orientation, transparency flattened onto white, 16-bit samples scaled to 8 bits, the image fitted
 into the model's square (padded with pad_value, white; or centre-cropped; or stretched) with OpenCV's
-area filter to shrink and its bilinear one to enlarge, redone in numpy with OpenCV's rounding, then
-(x - mean) / std.
+filters (shrinking: a whole-factor area reduction, then bilinear under 2x or area; enlarging: bilinear),
+redone in numpy with OpenCV's rounding, then (x - mean) / std.
 """
 from __future__ import annotations
 
@@ -107,13 +107,16 @@ def to_rgb(im: Image.Image, factor: int) -> np.ndarray:
     return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
 
 
-def load_image(path: Path, max_side: int) -> np.ndarray:
+def load_image(path: Path, pixels: int, side: str = "longer") -> np.ndarray:
     """A file -> RGB uint8 (H, W, 3), reduced as ProtoLabel does before its one resize: JPEG decoded at 1/2,
-    1/4 or 1/8 and other formats box-reduced by an integer factor, while the longer side stays >= max_side."""
+    1/4 or 1/8 and other formats box-reduced by an integer factor, while the longer (or shorter) side stays
+    >= pixels."""
     with Image.open(path) as im:
         w0, h0 = im.size
         if w0 <= 0 or h0 <= 0 or w0 * h0 > MAX_PIXELS:
             raise ValueError(f"unsupported image size {w0}x{h0}")
+        # The longer side's floor: given, or the one that keeps the shorter side at `pixels` (rounded up).
+        max_side = pixels if side == "longer" else math.ceil(pixels * max(w0, h0) / min(w0, h0))
         if max(w0, h0) > max_side:
             scale = max_side / max(w0, h0)
             im.draft("RGB", (max(1, math.ceil(w0 * scale)), max(1, math.ceil(h0 * scale))))  # JPEG only
@@ -196,7 +199,8 @@ def _linear_taps(n: int, m: int, clamp_weights: bool) -> tuple[np.ndarray, np.nd
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Enlarge (H, W, 3) uint8 to (height, width, 3): OpenCV's INTER_LINEAR, in its integer arithmetic."""
+    """(H, W, 3) uint8 to (height, width, 3), enlarging or shrinking under 2x: OpenCV's INTER_LINEAR, in its
+    integer arithmetic."""
     h, w = image.shape[:2]
     x0, x1, a0, a1 = _linear_taps(w, width, True)
     y0, y1, b0, b1 = _linear_taps(h, height, False)
@@ -207,11 +211,20 @@ def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (height, width, 3): the area filter to shrink, bilinear to enlarge, per axis."""
+    """(H, W, 3) uint8 -> (height, width, 3) as core.images._resize: shrinking, a whole-factor area reduction,
+    then bilinear if under 2x both ways, else area; enlarging, bilinear; per axis when one shrinks and one grows."""
     h, w = image.shape[:2]
     if (w, h) == (width, height):
         return image
     if width <= w and height <= h:
+        k = min(w // width, h // height)
+        if k >= 2:  # a whole-factor box reduction first (edge pixels beyond a whole factor left out)
+            image = resize_area(image[: h // k * k, : w // k * k], w // k, h // k)
+            h, w = image.shape[:2]
+            if (w, h) == (width, height):
+                return image
+        if w < 2 * width and h < 2 * height:  # what is left is under 2x both ways: bilinear
+            return resize_linear(image, width, height)
         return resize_area(image, width, height)
     if width >= w and height >= h:
         return resize_linear(image, width, height)
@@ -278,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     meta = read_metadata(session)
     config = meta["preprocess"]
-    max_side = int(meta.get("decode_max_side", max(2 * config["size"], 512)))
+    if "decode_bound" in meta:
+        pixels, side = int(meta["decode_bound"]["pixels"]), meta["decode_bound"]["side"]
+    else:  # exported before 2026-12-01 (no decode_bound): the longer side stayed >= decode_max_side
+        pixels, side = int(meta.get("decode_max_side", max(2 * config["size"], 512))), "longer"
     input_name = meta["input"]["name"]
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["path", "label", "confidence"])
@@ -287,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, arrays = [], []
         for path in paths[start : start + args.batch_size]:
             try:
-                image = load_image(path, max_side)
+                image = load_image(path, pixels, side)
                 arrays.append(fit(image, config["size"], config.get("fit", "pad"), config.get("pad_value", 255)))
                 ok.append(path)
             except Exception as exc:  # a bad file must never stop the folder

@@ -240,18 +240,26 @@ def test_example_preprocessing_matches_core(tree, embedder, fit):
     OpenCV's area and bilinear filters with their rounding."""
     import dataclasses
 
-    from core.embedding import _decode_and_resize, decode_max_side
+    from core.embedding import _decode_and_resize, decode_bound
     from core.images import to_tensor
 
     example = _example_module()
     config = dataclasses.replace(embedder.config, fit=fit)
-    max_side = decode_max_side(config)
+    pixels, side = decode_bound(config)
     want, got = [], []
     for path in _readable(tree):
         want.append(_decode_and_resize(str(path), config))  # the model path's decode and resize
-        got.append(example.fit(example.load_image(path, max_side), config.size, config.fit, config.pad_value))
+        got.append(example.fit(example.load_image(path, pixels, side), config.size, config.fit, config.pad_value))
         assert np.array_equal(got[-1], want[-1]), path.name
     assert np.allclose(example.to_input(got, config.to_dict()), to_tensor(want, config).numpy(), atol=1e-6)
+    # Arrays bigger than twice the input (camera frames) take a whole-factor reduction first, in both.
+    from core.images import resize_for_model
+
+    rng = np.random.default_rng(1)
+    for h, w in ((480, 640), (481, 643), (1080, 1920), (97, 1500)):
+        array = rng.integers(0, 256, (h, w, 3), np.uint8)
+        assert np.array_equal(example.fit(array, config.size, config.fit, config.pad_value),
+                              resize_for_model(array, config)), (h, w)
 
 
 def _rows(text: str) -> dict[str, dict[str, str]]:

@@ -257,6 +257,27 @@ def test_large_jpeg_uses_draft(tmp_path: Path) -> None:
     assert np.abs(out.astype(int) - reference).mean() < 2
 
 
+@pytest.mark.parametrize("name", ["wide.jpg", "wide.png"])
+def test_shorter_side_bound(tmp_path: Path, name: str) -> None:
+    """shorter_side keeps the SHORTER side >= the bound (what a centre crop needs); not exact: under twice it."""
+    array = _smooth(900, 2400)
+    path = _save(tmp_path / name, array, **({"quality": 90} if name.endswith(".jpg") else {}))
+    cheap = load_image(path, None, exact=False, shorter_side=200)
+    assert 200 <= min(cheap.shape[:2]) < 400
+    assert cheap.shape[0] * 2400 == pytest.approx(cheap.shape[1] * 900, rel=0.02)  # aspect kept
+    longer_bound = load_image(path, 200, exact=False)
+    assert min(longer_bound.shape[:2]) < 200  # the longer-side bound would have gone below the crop's need
+    exact = load_image(path, None, shorter_side=200)
+    assert exact.shape == (200, 533, 3)
+    reference = cv2.resize(array, (533, 200), interpolation=cv2.INTER_AREA)
+    assert np.abs(exact.astype(int) - reference).mean() < 2
+    assert load_image(path, None, shorter_side=2000).shape == (900, 2400, 3)  # never enlarged
+    with pytest.raises(ValueError):
+        load_image(path, 512, shorter_side=200)
+    with pytest.raises(ValueError):
+        load_image(path, None, shorter_side=0)
+
+
 def _random_image(mode: str, h: int, w: int) -> Image.Image:
     rng = np.random.default_rng(3)
     if mode == "RGBA":
@@ -458,6 +479,27 @@ def test_pad_crop_stretch_geometry() -> None:
     assert torch.allclose(x[0, :, 50, 50], torch.tensor([WHITE, BLACK, BLACK]))
 
 
+def test_big_shrink_is_close_to_one_area_resize() -> None:
+    """Frames more than twice the input take a whole-factor box reduction first (faster): the result stays
+    within rounding of one area resize, also where the size is not a whole multiple."""
+    for h, w in ((480, 640), (481, 643), (1080, 1920)):
+        array = _smooth(h, w)
+        for fit in ("pad", "crop", "stretch"):
+            config = PreprocessConfig(size=96, fit=fit)
+            got = resize_for_model(array, config)
+            if fit == "crop":
+                side = min(h, w)
+                y0, x0 = (h - side) // 2, (w - side) // 2
+                one = cv2.resize(array[y0 : y0 + side, x0 : x0 + side], (96, 96), interpolation=cv2.INTER_AREA)
+            elif fit == "stretch":
+                one = cv2.resize(array, (96, 96), interpolation=cv2.INTER_AREA)
+            else:
+                nh = round(h * 96 / w)
+                one = np.full((96, 96, 3), 255, np.uint8)
+                one[(96 - nh) // 2 : (96 - nh) // 2 + nh] = cv2.resize(array, (96, nh), interpolation=cv2.INTER_AREA)
+            assert np.abs(got.astype(int) - one).mean() < 1.0, (h, w, fit)
+
+
 def test_pad_value_and_tiny_image() -> None:
     out = resize_for_model(np.full((1, 1, 3), 7, np.uint8), PreprocessConfig(size=8, pad_value=0))
     assert (out == 7).all()  # a 1x1 image fills the square (enlarged, nothing to pad)
@@ -539,6 +581,34 @@ def test_camera_frame_and_file_share_one_path(tmp_path: Path) -> None:
     from_file = preprocess(load_image(path), config)
     from_camera = preprocess(from_bgr(np.ascontiguousarray(rgb[..., ::-1])), config)
     assert torch.equal(from_file, from_camera)
+
+
+@pytest.mark.parametrize("fit", ["pad", "crop", "stretch"])
+def test_model_path_decode_is_close_to_a_full_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fit: str
+) -> None:
+    """Files on the model path are decoded reduced (down to the side the fit needs: the shorter one for crop and
+    stretch), then resized once: close to resizing the full-size picture, for wide and tall JPEGs and PNGs."""
+    from core.embedding import _decode_and_resize
+
+    decoded = []
+
+    def spy(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+        decoded.append(image.shape[:2])
+        return resize_for_model(image, config)
+
+    monkeypatch.setattr(images, "resize_for_model", spy)
+    config = PreprocessConfig(size=64, fit=fit)
+    for h, w in ((300, 1000), (1000, 300)):
+        array = _smooth(h, w)
+        for name, kw in (("a.jpg", {"quality": 95}), ("a.png", {})):
+            path = _save(tmp_path / name, array, **kw)
+            got = _decode_and_resize(str(path), config)
+            side = max(decoded[-1]) if fit == "pad" else min(decoded[-1])
+            assert 64 <= side < 128, (fit, decoded[-1])  # reduced, never below what the fit scales to 64
+            want = resize_for_model(array, config)
+            assert got.shape == want.shape == (64, 64, 3)
+            assert np.abs(got.astype(int) - want).mean() < 2.5, (fit, h, w, name)
 
 
 def test_bytes_buffer_is_accepted() -> None:

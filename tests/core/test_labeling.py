@@ -99,3 +99,50 @@ def test_transductive_and_cancel(task, monkeypatch):
     monkeypatch.setattr(clf.embedder, "batch_size", 4)  # cancel is checked between batches
     partial = _run(label_paths(clf, paths, cancel=Cancelled()))
     assert partial.cancelled and len(partial.records) < len(paths)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_load_many_prefetch_or_decode_in_between(tmp_path, monkeypatch, prefetch):
+    """prefetch: the next batch decodes while the consumer works; without it nothing decodes then (the CPU
+    forward has every core), and the next batch is decoded when the consumer asks for it. Same batches either way."""
+    import threading
+
+    import numpy as np
+
+    from core import PreprocessConfig, embedding
+
+    decoded: list[str] = []
+    lock = threading.Lock()
+
+    def fake_decode(path: str, config: PreprocessConfig) -> np.ndarray:
+        with lock:
+            decoded.append(path)
+        return np.zeros((config.size, config.size, 3), np.uint8)
+
+    monkeypatch.setattr(embedding, "_decode_and_resize", fake_decode)
+    paths = [f"img{i}.png" for i in range(10)]
+    batches = []
+    for ok, arrays, skipped in embedding.load_many(paths, PreprocessConfig(size=8), 4, workers=2, prefetch=prefetch):
+        batches.append(ok)
+        expected_done = min(len(paths), sum(map(len, batches)) + (4 if prefetch else 0))
+        for _ in range(200):  # the consumer "works" here; prefetched decodes finish meanwhile
+            with lock:
+                if len(decoded) >= expected_done:
+                    break
+            threading.Event().wait(0.005)
+        if not prefetch:
+            threading.Event().wait(0.05)  # give a wrongly started decode time to show
+        with lock:
+            assert len(decoded) == expected_done, (prefetch, len(batches), decoded)
+    assert batches == [paths[0:4], paths[4:8], paths[8:10]]
+
+
+def test_embedder_prefetches_unless_cpu_threads_fill_every_core(monkeypatch, embedder):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    assert embedder.device.type == "cpu" and embedder.prefetch is False
+    monkeypatch.setattr(torch, "get_num_threads", lambda: max(1, cores - 1))
+    assert embedder.prefetch is (cores > 1)
+    monkeypatch.setattr(embedder, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    assert embedder.prefetch is True
