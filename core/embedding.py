@@ -73,8 +73,8 @@ def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
 
 # How files become model input (_decode_and_resize); part of model_key, so caches of features computed the
 # old way are not reused. 2: one area resize from the reduced decode (2026-12-01; 1: LANCZOS to 512 first).
-# 3: reduced down to the model's size, not 512 px (a 640x480 JPEG decodes at 320x240: 2.5 instead of 4.8 ms), and
-# shrinks over 2x start with a whole-factor box reduction (images._resize; camera frames, 2026-12-01).
+# 3: reduced down to the model's size, not 512 px (a 640x480 JPEG decodes at 320x240), and shrinks start with a
+# whole-factor box reduction, bilinear for what is left under 2x (images._resize; 4.8 -> ~3 ms a file, 2026-12-01).
 DECODE_VERSION = 3
 
 
@@ -250,7 +250,7 @@ class Embedder:
         with_maps: bool = False,
         cancel: CancelToken | None = None,
     ) -> Iterator[EmbeddedBatch]:
-        """Files -> batches of features as they are ready (decode of batch i+1 overlaps the forward of i)."""
+        """Files -> batches of features as they are ready (decoded beside or between forwards: ``prefetch``)."""
         for ok, arrays, skipped in load_many(paths, self.config, self.batch_size, cancel=cancel, prefetch=self.prefetch):
             if arrays:
                 from .images import to_tensor
