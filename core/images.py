@@ -127,13 +127,12 @@ def load_image(
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
     if shorter_side is not None and max_side is not None:
         raise ValueError("give max_side or shorter_side, not both")
-    bound = (max_side, False) if shorter_side is None else (shorter_side, True)
     if isinstance(source, (bytes, bytearray, memoryview)):
         with io.BytesIO(source) as fp:
-            return _load(fp, "in-memory image", bound, exact)
+            return _load(fp, "in-memory image", max_side, exact, shorter_side)
     label = f"'{os.fspath(source)}'"
     with _open_file(source, label) as fp:
-        return _load(fp, label, bound, exact)
+        return _load(fp, label, max_side, exact, shorter_side)
 
 
 def _open_file(path: StrPath, label: str) -> IO[bytes]:
@@ -152,7 +151,7 @@ def _open_file(path: StrPath, label: str) -> IO[bytes]:
         raise ImageError(label, e.strerror or str(e)) from None
 
 
-def _load(fp: IO[bytes], label: str, bound: tuple[int | None, bool], exact: bool) -> np.ndarray:
+def _load(fp: IO[bytes], label: str, max_side: int | None, exact: bool, shorter_side: int | None) -> np.ndarray:
     head = fp.read(512)
     if not head:
         raise ImageError(label, "file is empty")
@@ -160,11 +159,7 @@ def _load(fp: IO[bytes], label: str, bound: tuple[int | None, bool], exact: bool
     try:
         with Image.open(fp) as im:
             _check_size(im.size, label)
-            side, shorter = bound
-            if shorter and side is not None:
-                # The longer side that keeps the shorter one at `side`; rounded up, so it never ends below.
-                side = math.ceil(side * max(im.size) / max(1, min(im.size)))
-            return _decode(im, side, exact, bound[0] if shorter else None)
+            return _decode(im, max_side, exact, shorter_side)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -255,8 +250,11 @@ def _webp_truncated(head: bytes, fp: IO[bytes]) -> bool:
 
 def _decode(im: Image.Image, max_side: int | None, exact: bool = True, shorter_side: int | None = None) -> np.ndarray:
     """Opened (not yet loaded) image -> RGB uint8 (H, W, 3), at most max_side on the longer side (under
-    2 * max_side when not exact); exact with ``shorter_side``: that many pixels on the shorter side."""
+    2 * max_side when not exact); with ``shorter_side`` instead, the same for the shorter side."""
     w0, h0 = im.size
+    if shorter_side is not None:
+        # The longer side that keeps the shorter one at shorter_side; rounded up, so it never ends below.
+        max_side = math.ceil(shorter_side * max(w0, h0) / max(1, min(w0, h0)))
     # (extent_x, extent_y): the original image measured in pixels of the current, reduced one. Reduced
     # sizes are rounded up, so the last column/row may stand for a partial block; resizing from this
     # box (as PIL's thumbnail does) keeps the geometry exact instead of stretching that edge.

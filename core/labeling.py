@@ -128,7 +128,7 @@ def label_paths(
                                          prefetch=embedder.prefetch):
         run.skipped += skipped
         if arrays:
-            batch = to_tensor(arrays, classifier.embedder.config)
+            batch = to_tensor(arrays, embedder.config)
             if cache is None:
                 take(ok, classifier.embed_tensor(batch))
             else:
