@@ -82,6 +82,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="don't read or write the feature cache")
     _add_model_args(p)
 
+    p = sub.add_parser("simulate", help="how many actions a person needs to label a folder right (simulated)",
+                       description="A simulated annotator labels a folder through the same labeling session as the "
+                                   "window: it creates the classes with --start examples each, then reviews --batch "
+                                   "images at a time in the grid's default order (accept if right, else correct; "
+                                   "pictures of the --other-classes get 'none of these classes'). Reports actions per "
+                                   "image to reach 90/95/98%% of the folder labeled right.")
+    p.add_argument("root", metavar="ROOT", help="one folder of images per class (the truth)")
+    p.add_argument("--classes", type=_positive_int, default=10, help="classes the annotator creates")
+    p.add_argument("--per-class", type=_positive_int, default=40, help="images of each class in the folder")
+    p.add_argument("--other-classes", type=int, default=2,
+                   help="classes mixed into the folder that the annotator never creates (right label: unknown)")
+    p.add_argument("--start", type=_positive_int, default=1, help="examples per class when it is created")
+    p.add_argument("--batch", type=_positive_int, default=10, help="images reviewed per round")
+    p.add_argument("--trials", type=_positive_int, default=5)
+    p.add_argument("--min-images", type=_positive_int, default=10, help="class folders with fewer images are ignored")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="PNG", help="write folder accuracy against actions per image to this PNG")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a labeling-session setting to try instead of the default (see core.session.SessionOptions)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument("--no-cache", action="store_true", help="don't read or write the feature cache")
+    _add_model_args(p)
+
     p = sub.add_parser("demo", help="a headless demo on real images: learn 5 classes from 5 examples each")
     p.add_argument("--root", default="/usr/share/openclipart/png", help="folder tree with one folder per class")
     p.add_argument("--out", default="protolabel-demo", metavar="DIR")
@@ -371,6 +394,64 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _session_options(pairs: Sequence[str]):
+    """["head=logistic", "explore_rounds=2"] -> SessionOptions with those fields changed (types from the defaults)."""
+    import dataclasses
+
+    from .session import SessionOptions
+
+    options = SessionOptions()
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    changes = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--option expects NAME=VALUE with NAME one of {', '.join(fields)}; got '{pair}'")
+        changes[name] = type(fields[name])(value)
+    return options.with_changes(**changes)
+
+
+def cmd_simulate(args) -> int:
+    from .embedding import CancelToken
+    from .evaluation import FeatureTable, build_feature_table
+    from .simulate import SimulationResult, plot_curves, simulate
+
+    options = _session_options(args.option)
+    embedder = _make_embedder(args)
+    token = CancelToken()
+    with _Interrupt(token):
+        table = _progress(build_feature_table(args.root, embedder, args.min_images,
+                                              cache_dir=False if args.no_cache else None, cancel=token),  # type: ignore[arg-type]
+                          "embedding")
+        if not isinstance(table, FeatureTable):
+            print("cancelled", file=sys.stderr)
+            return 130
+        _print_skipped(table.skipped, 5)
+        result = _progress(simulate(table, embedder, args.classes, args.per_class, args.other_classes, args.start,
+                                    args.batch, args.trials, args.seed, options, cancel=token), "simulating")
+    if not isinstance(result, SimulationResult) or not result.trials:
+        print("cancelled", file=sys.stderr)
+        return 130
+    summary = result.summary()
+    api, hand = summary["actions_per_image"], summary["hand_labeling"]
+    print(f"{summary['images']} images per folder ({args.classes} classes x {args.per_class}, {args.other_classes} "
+          f"other classes), {len(result.trials)} trials, start {args.start}/class, batch {args.batch}")
+    for t in api:
+        print(f"  {t}% labeled right: {api[t]:.3f} actions per image (by hand: {hand[t]:.3f})")
+    print(f"  right before any review: {summary['start_accuracy']}%; estimate off by {summary['estimate_error']} "
+          f"points; {summary['seconds_per_round']:.3f} s per round")
+    if args.other_classes:
+        print(f"  in-class pictures left unknown after round 1: {summary['false_unknown']}%; other-class pictures "
+              f"unknown once 3 were marked: {summary['caught_unknown']}%")
+    if args.plot:
+        plot_curves({"ProtoLabel": result}, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("actions_per_image", "start_accuracy", "estimate_error",
+                                                 "false_unknown", "caught_unknown", "seconds_per_round")}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Real work on real images: 5 classes from `--shots` examples each, label the rest, report accuracy."""
     import numpy as np
@@ -570,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     commands = {"label": cmd_label, "evaluate": cmd_evaluate, "demo": cmd_demo, "backbones": cmd_backbones,
-                "metatrain": cmd_metatrain, "export": cmd_export}
+                "simulate": cmd_simulate, "metatrain": cmd_metatrain, "export": cmd_export}
     if args.command is None:
         parser.print_help()
         return 0

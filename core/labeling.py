@@ -90,11 +90,13 @@ def label_paths(
     transductive: bool = False,
     cancel: CancelToken | None = None,
     cache: "EmbeddingCache | None" = None,
+    predict: bool = True,
 ) -> Iterator[Progress | LabelRun]:
     """Embed and classify files. Inductive: each batch is classified as it arrives. Transductive: all
     features first, then one joint prediction (the whole folder is known in advance).
 
-    A classifier with no examples yet only embeds: `features` and `paths` are filled, `records` stays empty.
+    A classifier with no examples yet (or predict=False) only embeds: `features` and `paths` are filled,
+    `records` stays empty.
 
     With a cache (a project's EmbeddingCache), files embedded before are neither decoded nor run through
     the trunk: their cached maps go through the current (possibly fine-tuned) tail; new files are added.
@@ -104,7 +106,7 @@ def label_paths(
     found: dict[str, torch.Tensor] = {}  # path -> feature
     records: dict[str, LabelRecord] = {}
     done = 0
-    predicting = classifier.ready()
+    predicting = predict and classifier.ready()
     stage = "embedding" if transductive or not predicting else "labeling"
 
     def take(batch_paths: list[str], feats: torch.Tensor) -> None:
