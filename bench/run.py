@@ -75,10 +75,11 @@ class Settings:
     folder_images: int = 64
     folder_reps: int = 7  # 3 gave a bare forward from 49.5 to 63.3 images/s within one run on the 2-core VM
     warmup: int = 3
+    round_reps: int = 5
 
 
 QUICK = Settings(prototype_reps=10, adapt_reps=3, finetune_reps=1, live_frames=30, live_rounds=1,
-                 folder_images=32, folder_reps=2, warmup=2)
+                 folder_images=32, folder_reps=2, warmup=2, round_reps=2)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -635,6 +636,35 @@ def bench_folder(clf: core.FewShotClassifier, data: TestData, tmp: Path, s: Sett
     }
 
 
+def labeling_round(session: core.LabelingSession) -> None:
+    """What the window does after each confirmation: predict all, order for review, estimate."""
+    session.predict(force=True)
+    session.review_order()
+    session.estimate()
+
+
+def bench_labeling_round(embedder: core.Embedder, s: Settings) -> dict:
+    """One round of the labeling loop on already-embedded folders of 1,000 and 100,000 images: 10 classes,
+    5 confirmed images each and 3 "none of these classes". Features are drawn around 12 random centres (the
+    cost does not depend on what they show)."""
+    out = {}
+    dim = embedder.backbone.feature_dim
+    g = torch.Generator().manual_seed(0)
+    for n in (1_000, 100_000):
+        centres = 3 * torch.randn(12, dim, generator=g)
+        feats = centres[torch.arange(n) % 12] + torch.randn(n, dim, generator=g)
+        paths = [f"/folder/{i:06d}.jpg" for i in range(n)]
+        session = core.LabelingSession(core.FewShotClassifier(embedder), "/folder", paths)
+        session.set_features(paths, feats)
+        for c in range(10):
+            session.confirm(paths[c : 60 : 12], f"class{c}")
+        session.reject(paths[10:46:12])
+        labeling_round(session)  # warm-up (also builds the normalised feature table once)
+        times = [timed(lambda: labeling_round(session))[0] for _ in range(s.round_reps)]
+        out[str(n)] = summary(times, 4)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -683,19 +713,21 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         log("generating test images")
         data = make_test_data(tmp, s.folder_images)
         clf = build_classifier(embedder, data)
-        log("1/5 prototype update")
+        log("1/6 prototype update")
         result["prototype_update_ms"] = bench_prototype_update(clf, data, s)
-        log("2/5 adapt 5-way 5-shot from files")
+        log("2/6 adapt 5-way 5-shot from files")
         result["adapt_5way5shot_s"] = bench_adapt(embedder, data, s)
-        log("3/5 fine-tuning")
+        log("3/6 fine-tuning")
         result["finetune"] = bench_finetune(clf, s)
-        log("4/5 live pipeline vs bare forward: the GUI's path, then the core stages")
+        log("4/6 live pipeline vs bare forward: the GUI's path, then the core stages")
         result["live"] = bench_live_gui(embedder, data, tmp, s)
         result["live_core"] = bench_live(clf, data, s)
         rss_live = peak_rss_mb()
-        log("5/5 folder labeling vs bare forward")
+        log("5/6 folder labeling vs bare forward")
         result["folder"] = bench_folder(clf, data, tmp, s)
         result["peak_rss_mb"] = {"after_live": rss_live, "after_folder": peak_rss_mb()}
+        log("6/6 one round of the labeling loop (predict, review order, estimate)")
+        result["labeling_round_s"] = bench_labeling_round(embedder, s)
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if embedder.messages:
         result["messages"] = embedder.messages  # e.g. a CUDA out-of-memory fallback to the CPU

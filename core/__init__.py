@@ -62,6 +62,7 @@ from .labeling import (
     write_labels_csv,
 )
 from .methods import available_methods, create_method
+from .session import AcceptPreview, Estimate, LabelingSession, SessionOptions
 from .project import (
     Project,
     ProjectError,
@@ -105,6 +106,7 @@ __all__ = [
     "LabelRecord", "LabelRun", "Progress", "SupportRun", "add_support_tree", "label_paths", "query_paths",
     "write_labels_csv",
     "available_methods", "create_method",
+    "AcceptPreview", "Estimate", "LabelingSession", "SessionOptions",
     "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "read_project_meta", "save_project",
     "has_backup", "restore_backup",
     "store_labels",

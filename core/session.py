@@ -45,7 +45,14 @@ class SessionOptions:
     logistic_l2: float = 1.0  # pull towards the prototype weights, per labeled example
     unknown_floor: float = 0.0  # centred cosine below which an image is "unknown" before any rejection
     reject_knn: int = 1  # "none of these" examples: unknown score = mean of the k nearest rejections
-    order: str = "least"  # least | margin | random | balanced
+    unknown: str = "column"  # column: a logit beside the classes' | gate: P(unknown) from the nearest labeled
+    # image being a rejection or not, the classes sharing the rest
+    gate_scale: float = 20.0
+    order: str = "least"  # least | margin | random | cover
+    smooth: float = 0.0  # weight of the folder neighbours' distribution in each image's (label propagation)
+    smooth_k: int = 10  # neighbours per image for smoothing and typicality
+    smooth_steps: int = 2
+    smooth_max_images: int = 20000  # above this, no neighbour graph (its cost grows with the square)
     explore_rounds: int = 0  # first rounds pick typical, diverse images instead of the least confident
     temperature: str = "loo"  # loo: fitted by leave-one-out on the labels | fixed
     scale: float = 10.0  # cosine logit scale when not fitted
@@ -95,6 +102,21 @@ class _Fit:
     scale: float
     unknown_floor: float
     reject_knn: int
+    known: torch.Tensor | None = None  # (M, D) labeled class examples, for the gate
+    gate_scale: float = 0.0
+
+    def probabilities(self, z: torch.Tensor) -> torch.Tensor:
+        """(Q, D) centred normalised -> (Q, C + 1) probabilities; the last column is "unknown"."""
+        if self.known is None:
+            return self.logits(z).softmax(1)
+        cls = (z @ self.weights.T + self.bias).softmax(1)
+        near_known = (z @ self.known.T).max(1).values
+        if len(self.rejected):
+            near_rejected = (z @ self.rejected.T).max(1).values
+        else:
+            near_rejected = torch.full_like(near_known, self.unknown_floor)
+        pu = torch.sigmoid(self.gate_scale * (near_rejected - near_known))
+        return torch.cat([(1 - pu)[:, None] * cls, pu[:, None]], 1)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """(Q, D) centred normalised -> (Q, C + 1) logits; the last column is "unknown"."""
@@ -130,7 +152,7 @@ class LabelingSession:
         self.rounds = 0  # predictions made since the folder was opened (explore_rounds counts them)
         # Predictions, one row per path (valid where `predicted`): column index (C = unknown), probability.
         self.classes: list[str] = []
-        self.probs = torch.zeros(0, 1)
+        self.probs = torch.zeros(len(self.paths), 1)
         self.predicted = torch.zeros(len(self.paths), dtype=torch.bool)
         self.similarity = torch.zeros(len(self.paths))
         self.generation = -1  # classifier generation and label count the predictions were made with
@@ -139,6 +161,7 @@ class LabelingSession:
         self._z: torch.Tensor | None = None  # centred normalised features (float32), rebuilt when features change
         self._center: torch.Tensor | None = None
         self._fit: _Fit | None = None
+        self._knn: tuple | None = None
         self._rng = np.random.default_rng(0)
 
     # ------------------------------------------------------------------ features
@@ -199,6 +222,27 @@ class LabelingSession:
             z[~self.embedded] = 0
             self._z = z
         return self._z
+
+    def _neighbours(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(N, k) indices and cosine similarities of each embedded row's nearest other rows; None when the
+        folder is too big for the graph. Rebuilt when the features change."""
+        if self._knn is None or self._knn[0] is not self._z:
+            z = self._normalised()
+            n, k = len(z), self.options.smooth_k
+            if n > self.options.smooth_max_images or n <= k:
+                self._knn = (self._z, None)
+            else:
+                idx = torch.empty(n, k, dtype=torch.long)
+                val = torch.empty(n, k)
+                for i in range(0, n, 2048):
+                    sims = z[i : i + 2048] @ z.T
+                    rows = torch.arange(i, min(i + 2048, n))
+                    sims[rows - i, rows] = -2  # not its own neighbour
+                    sims[:, ~self.embedded] = -2
+                    v, j = sims.topk(k, dim=1)
+                    idx[i : i + 2048], val[i : i + 2048] = j, v
+                self._knn = (self._z, (idx, val))
+        return self._knn[1]
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         self._normalised()
@@ -275,9 +319,10 @@ class LabelingSession:
         labels (class names or UNKNOWN_LABEL), and the classes in classifier order that have any."""
         z_all = self._normalised()
         confirmed_rows, confirmed_labels = [], []
+        known = set(self.classifier.classes) | {UNKNOWN_LABEL}
         for p, label in self.confirmed.items():
             i = self.row.get(p)
-            if i is not None and bool(self.embedded[i]):
+            if i is not None and bool(self.embedded[i]) and label in known:
                 confirmed_rows.append(i)
                 confirmed_labels.append(label)
         feats = [z_all[torch.as_tensor(confirmed_rows, dtype=torch.long)]] if confirmed_rows else []
@@ -312,7 +357,10 @@ class LabelingSession:
         weights, bias = scale * protos, torch.zeros(C)
         if opts.head == "logistic" and C >= 2 and len(yc) >= opts.logistic_min_labels * C:
             weights, bias = _logistic(z, y, C, weights, rejected, opts, scale)
-        return _Fit(classes, weights, bias, rejected, scale, opts.unknown_floor, opts.reject_knn)
+        fit = _Fit(classes, weights, bias, rejected, scale, opts.unknown_floor, opts.reject_knn)
+        if opts.unknown == "gate":
+            fit.known, fit.gate_scale = zc, opts.gate_scale
+        return fit
 
     def predict(self, force: bool = False) -> bool:
         """Predict every embedded image with the current labels; cached until something changes.
@@ -336,13 +384,41 @@ class LabelingSession:
         with torch.inference_mode():
             for i in range(0, n, _CHUNK):
                 zi = z[i : i + _CHUNK]
-                probs[i : i + _CHUNK] = fit.logits(zi).softmax(1)
+                probs[i : i + _CHUNK] = fit.probabilities(zi)
                 sims[i : i + _CHUNK] = (zi @ F.normalize(fit.weights, dim=-1).T).max(1).values
+        if self.options.smooth > 0:
+            probs = self._smoothed(probs)
         self.probs = probs
         self.similarity = sims
         self.predicted = self.embedded.clone()
         self.rounds += 1
         return True
+
+    def _smoothed(self, probs: torch.Tensor) -> torch.Tensor:
+        """Each image's distribution mixed with its folder neighbours' (similarity-weighted), a few steps:
+        pictures in a tight group end up agreeing; confirmed rows stay one-hot sources."""
+        graph = self._neighbours()
+        if graph is None:
+            return probs
+        idx, val = graph
+        w = val.clamp(min=0)
+        w = w / w.sum(1, keepdim=True).clamp(min=1e-6)
+        fixed = torch.zeros(len(self.paths), dtype=torch.bool)
+        target = probs.clone()
+        names = self.classes + [UNKNOWN_LABEL]
+        col = {c: j for j, c in enumerate(names)}
+        for p, label in self.confirmed.items():
+            if label in col:
+                i = self.row[p]
+                target[i] = 0
+                target[i, col[label]] = 1
+                fixed[i] = True
+        cur = target
+        a = self.options.smooth
+        for _ in range(self.options.smooth_steps):
+            cur = (1 - a) * target + a * (w[:, :, None] * cur[idx]).sum(1)
+            cur[fixed] = target[fixed]
+        return cur
 
     # ------------------------------------------------------------------ what the grid shows
     def _column_name(self, col: int) -> str:
@@ -375,6 +451,33 @@ class LabelingSession:
     def predictions(self, topk: int = 3) -> dict[str, Prediction]:
         """path -> Prediction for every predicted image (confirmed ones too: the model's view of them)."""
         return {self.paths[i]: self._prediction_of_row(i, topk) for i in self.predicted.nonzero().flatten().tolist()}
+
+    def shown(self, topk: int = 3) -> list[tuple[str, str, float, float, list[tuple[str, float]], float]]:
+        """Every row as the grid shows it, computed in bulk (a 100k-image folder in well under a second):
+        (label, source, confidence, similarity, topk, priority); label "" while not predicted, source
+        "confirmed" or "predicted"."""
+        n = len(self.paths)
+        if len(self.classes) and bool(self.predicted.any()):
+            k = min(topk, self.probs.shape[1])
+            top_p, top_i = self.probs.topk(k, dim=1)
+            names = self.classes + [UNKNOWN_LABEL]
+            top_p, top_i = top_p.tolist(), top_i.tolist()
+            prio, sims = self.priority().tolist(), self.similarity.tolist()
+        else:
+            top_p = top_i = [[]] * n
+            prio, sims, names = [0.0] * n, [0.0] * n, []
+        predicted = self.predicted.tolist()
+        out = []
+        for i, p in enumerate(self.paths):
+            top = [(names[j], v) for j, v in zip(top_i[i], top_p[i])] if predicted[i] else []
+            label = self.confirmed.get(p)
+            if label is not None:
+                out.append((label, "confirmed", 1.0, sims[i] if predicted[i] else 0.0, top, 0.0))
+            elif predicted[i]:
+                out.append((top[0][0], "predicted", top[0][1], sims[i], top, prio[i]))
+            else:
+                out.append(("", "predicted", 0.0, 0.0, [], 0.0))
+        return out
 
     def confirmed_prediction(self, path: str) -> Prediction:
         """The person's label of `path` as a Prediction (certainty 1; the model's similarity kept)."""
@@ -433,7 +536,42 @@ class LabelingSession:
             return top2[:, 0] - top2[:, 1]
         if opts.order == "random":
             return torch.from_numpy(self._rng.random(n)).float()
+        if opts.order == "cover":
+            return self._cover_priority(1 - top2[:, 0])
         return top2[:, 0]
+
+    def _cover_priority(self, uncertainty: torch.Tensor, picks: int = 50) -> torch.Tensor:
+        """Greedy: the image whose not-yet-covered neighbourhood (itself + its k nearest) holds the most
+        uncertainty comes first; its neighbourhood is then covered, so one batch doesn't spend ten reviews on
+        ten near-copies. Neighbourhoods of confirmed images start covered. After `picks`, least confident."""
+        graph = self._neighbours()
+        base = 1 - uncertainty  # least confident first, for everything after the greedy picks
+        if graph is None:
+            return base
+        idx, val = graph
+        n = len(self.paths)
+        open_ = self.predicted.clone()
+        conf_rows = torch.as_tensor([self.row[p] for p in self.confirmed], dtype=torch.long)
+        if len(conf_rows):
+            open_[conf_rows] = False
+            open_[idx[conf_rows].flatten()] = False
+        candidates = self.predicted.clone()
+        if len(conf_rows):
+            candidates[conf_rows] = False
+        u = uncertainty.clone()
+        priority = base + 2.0  # greedy picks get priorities below every other row
+        for rank in range(min(picks, int(candidates.sum()))):
+            hood_open = open_[idx].float()  # (N, k)
+            gain = u * open_.float() + (u[idx] * hood_open).sum(1)
+            gain[~candidates] = -1
+            best = int(gain.argmax())
+            if gain[best] <= 0:
+                break
+            priority[best] = rank / picks
+            candidates[best] = False
+            open_[best] = False
+            open_[idx[best]] = False
+        return priority
 
     def estimate(self) -> Estimate:
         """Expected number of right labels among unreviewed predicted images."""

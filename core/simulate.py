@@ -40,7 +40,7 @@ class TrialResult:
     images: int
     actions_to: dict[int, int | None]  # target percent -> actions when first reached (None: never)
     start_accuracy: float  # percent, after the classes were created, before any review
-    estimate_errors: list[float]  # |estimated - true| unreviewed accuracy, points, one per round
+    estimate_errors: list[float]  # estimated - true unreviewed accuracy, points, one per round
     false_unknown: float | None  # percent of created-class pictures called unknown after the first round
     caught_unknown: float | None  # percent of other-class pictures called unknown once 3 were rejected
     round_seconds: list[float]
@@ -69,7 +69,8 @@ class SimulationResult:
         return {
             "actions_per_image": self.actions_per_image(),
             "start_accuracy": mean([t.start_accuracy for t in self.trials]),
-            "estimate_error": mean([e for t in self.trials for e in t.estimate_errors]),
+            "estimate_error": mean([abs(e) for t in self.trials for e in t.estimate_errors]),
+            "estimate_bias": mean([e for t in self.trials for e in t.estimate_errors]),
             "false_unknown": mean([t.false_unknown for t in self.trials]),
             "caught_unknown": mean([t.caught_unknown for t in self.trials]),
             "seconds_per_round": round(float(np.mean([s for t in self.trials for s in t.round_seconds])), 4),
@@ -152,7 +153,7 @@ def _run_trial(table: FeatureTable, embedder: Embedder, rng: np.random.Generator
         unreviewed = session.unreviewed_rows().tolist()
         if unreviewed:
             true_acc = sum(session.label_of(session.paths[i]) == truth[session.paths[i]] for i in unreviewed)
-            estimate_errors.append(abs(100.0 * estimate.accuracy - 100.0 * true_acc / len(unreviewed)))
+            estimate_errors.append(100.0 * estimate.accuracy - 100.0 * true_acc / len(unreviewed))
         for p in shown:
             label = session.label_of(p)
             if label == truth[p]:

@@ -28,10 +28,12 @@ from core import (
     Frame,
     ImageError,
     LabelRecord,
+    LabelingSession,
     Prediction,
     ProjectError,
     SupportRun,
     add_support_tree,
+    UNKNOWN_LABEL,
     class_color,
     class_folders,
     create_default_backbone,
@@ -39,7 +41,6 @@ from core import (
     default_model_file,
     export_model,
     iter_export,
-    label_paths,
     list_images,
     load_image,
     load_model_file,
@@ -117,34 +118,6 @@ class _Job:
     cancel: CancelToken | None = None
 
 
-class _FolderState:
-    """The labeled folder: every file, its feature once embedded, the model's prediction, the human's label."""
-
-    def __init__(self, root: str, paths: list[str], dim: int) -> None:
-        self.root = root
-        self.paths = paths
-        self.row = {p: i for i, p in enumerate(paths)}
-        self.features = torch.zeros(len(paths), dim, dtype=torch.float16)  # half: 100k files ~ 300 MB
-        self.embedded = torch.zeros(len(paths), dtype=torch.bool)
-        self.predictions: dict[str, Prediction] = {}
-        self.confirmed: dict[str, str] = {}
-        self.skipped: dict[str, str] = {}
-        self.generation = -1  # classifier generation of `predictions`
-        self.tail_version = -1  # tail the features were computed with
-        self.complete = False  # every file embedded (or skipped): transductive prediction applies
-        self.predictions_stored = True  # predictions written to labels.sqlite (done at autosave)
-
-    def confirmed_prediction(self, path: str) -> Prediction:
-        """The human label of `path` as a Prediction (certainty 1; the model's similarity kept)."""
-        cls = self.confirmed[path]
-        pred = self.predictions.get(path)
-        return Prediction(cls, 1.0, [(cls, 1.0)], pred.similarity if pred else 0.0, cls)
-
-    def feature(self, path: str) -> torch.Tensor | None:
-        i = self.row.get(path)
-        return self.features[i].float() if i is not None and bool(self.embedded[i]) else None
-
-
 def _project_model(folder: Path) -> str | None:
     """The model file a project was made with ("" = the default model), None when it does not say."""
     try:
@@ -174,6 +147,7 @@ class Engine(QObject):
     livePrediction = Signal(object)  # LivePrediction
     folderChanged = Signal(object)  # list[FolderItem], file order
     folderSummary = Signal(str)
+    estimateChanged = Signal(str)  # "about 94% of 312 unreviewed labels right" ("" without a folder)
     explanation = Signal(str, object)  # path, [(ExampleInfo, similarity)]
     progress = Signal(str, str, int, int)  # job, stage, done, total
     jobStarted = Signal(str)
@@ -200,12 +174,13 @@ class Engine(QObject):
         self.classifier: FewShotClassifier | None = None
         self.project_folder: Path | None = None
         self.project_unsaved = True
-        self.folder: _FolderState | None = None
+        self.session: LabelingSession | None = None  # the labeled folder (core.session: the labeling loop)
         self.live = True
         self.roi: tuple[int, int, int, int] | None = None
-        self.transductive = True
         self.settings: dict = {}
         self._tail_version = 0
+        self._session_tail = -1  # tail version the session's features were computed with
+        self._predictions_stored = True  # the session's predictions are in labels.sqlite (written at autosave)
         self._dirty_since: float | None = None
         self._snapshot_generation = -1
 
@@ -311,9 +286,8 @@ class Engine(QObject):
             return False
         if self.live and c.ready() and self.frames.has_new():
             return True
-        f = self.folder
-        if f is not None and bool(f.embedded.any()) and (f.tail_version != self._tail_version or
-                                                         (c.ready() and f.generation != c.generation)):
+        f = self.session
+        if f is not None and bool(f.embedded.any()) and (self._session_tail != self._tail_version or f.stale()):
             return True
         return self._dirty_since is not None and time.monotonic() - self._dirty_since >= AUTOSAVE_DELAY_S
 
@@ -324,10 +298,10 @@ class Engine(QObject):
 
     def _idle_work(self) -> None:
         try:
-            f = self.folder
-            if f is not None and bool(f.embedded.any()) and f.tail_version != self._tail_version:
+            f = self.session
+            if f is not None and bool(f.embedded.any()) and self._session_tail != self._tail_version:
                 self._reembed_folder()
-            elif f is not None and self.classifier.ready() and f.generation != self.classifier.generation:
+            elif f is not None and f.stale():
                 self._refresh_folder()
             elif self.live and self.classifier.ready() and self.frames.has_new():
                 self._predict_live()
@@ -391,10 +365,9 @@ class Engine(QObject):
 
     def _rename_class(self, old: str, new: str) -> str:
         self.classifier.rename_class(old, new.strip())
-        if self.folder is not None:
-            f = self.folder
-            f.confirmed = {p: (new.strip() if c == old else c) for p, c in f.confirmed.items()}
-            self._store_confirmed(list(f.confirmed))
+        if self.session is not None:
+            self.session.rename_class(old, new.strip())
+            self._store_confirmed([p for p, c in self.session.confirmed.items() if c == new.strip()])
         return ""
 
     def remove_class(self, name: str) -> None:
@@ -402,9 +375,8 @@ class Engine(QObject):
 
     def _remove_class(self, name: str) -> str:
         self.classifier.remove_class(name)
-        if self.folder is not None:
-            self.folder.confirmed = {p: c for p, c in self.folder.confirmed.items() if c != name}
-            self.folder.generation = -1
+        if self.session is not None:
+            self.session.remove_class(name)
         return f"class '{name}' removed"
 
     def capture(self, class_name: str, frame: Frame, roi: tuple[int, int, int, int] | None = None) -> None:
@@ -505,15 +477,6 @@ class Engine(QObject):
         self.roi = roi
         self.settings["roi"] = list(roi) if roi else None
 
-    def set_transductive(self, on: bool) -> None:
-        self._submit("transductive", self._set_transductive, on)
-
-    def _set_transductive(self, on: bool) -> str:
-        self.transductive = on
-        if self.folder is not None:
-            self.folder.generation = -1  # predict the folder again
-        return ""
-
     # ------------------------------------------------------------------ intents: the model
     def set_model(self, path: str | None) -> None:
         """Use another model file (None: the default model); the examples are embedded again with it."""
@@ -543,8 +506,8 @@ class Engine(QObject):
         self._tail_version += 1
         self.settings["model"] = str(Path(path).resolve()) if path else ""
         self.ready.emit(self.model_description())
-        if self.folder is not None:
-            self._label_folder(self.folder.root, cancel)
+        if self.session is not None:
+            self._label_folder(self.session.root, cancel)
         return f"now using {self.model_description()}"
 
     def model_description(self) -> str:
@@ -587,21 +550,20 @@ class Engine(QObject):
         paths = [str(p) for p in query_paths(root)]
         if not paths:
             raise ValueError(f"no images found in '{root}'")
-        f = _FolderState(root, paths, self.embedder.backbone.feature_dim)
-        if self.folder is not None and self.folder.root == root:
-            f.confirmed = dict(self.folder.confirmed)
+        f = LabelingSession(self.classifier, root, paths)
+        if self.session is not None and self.session.root == root:
+            f.confirmed = {p: c for p, c in self.session.confirmed.items() if p in f.row}
         if confirmed:
             f.confirmed.update({p: c for p, c in confirmed.items() if p in f.row})
-        f.tail_version = self._tail_version
-        self.folder = f
+        self._session_tail = self._tail_version
+        self.session = f
         self._mark_dirty()  # project.json names the labeled folder
         self._emit_folder()
         cache = open_embedding_cache(self.project_folder, self.embedder)
         try:
-            self._embed_into(f, paths, cache, cancel, "label folder")
+            self._embed_into(f, None, cache, cancel, "label folder")
         finally:
             cache.close()
-        f.complete = not cancel.cancelled
         self._refresh_folder()
         n_ok = int(f.embedded.sum())
         text = f"{n_ok} image(s) in {Path(root).name}"
@@ -612,39 +574,22 @@ class Engine(QObject):
             text += " (cancelled: the rest is not labeled)"
         return text
 
-    def _embed_into(self, f: _FolderState, paths: list[str], cache, cancel: CancelToken | None, job: str) -> None:
-        done = 0
+    def _embed_into(self, f: LabelingSession, paths: list[str] | None, cache, cancel: CancelToken | None,
+                    job: str) -> None:
+        """Embed (all, or `paths` again) through the session, the grid filling in at most once a second."""
         last_emit = time.monotonic()
-        for i in range(0, len(paths), FOLDER_CHUNK):
-            if cancel is not None and cancel.cancelled:
-                break
-            chunk = paths[i : i + FOLDER_CHUNK]
-            run = None
-            for item in label_paths(self.classifier, chunk, transductive=False, cancel=cancel, cache=cache):
-                if hasattr(item, "records"):
-                    run = item
-            assert run is not None
-            for s in run.skipped:
-                f.skipped[s.path] = s.reason
-            if run.paths:
-                rows = torch.as_tensor([f.row[p] for p in run.paths])
-                f.features[rows] = run.features.to(torch.float16)
-                f.embedded[rows] = True
-            for r in run.records:
-                f.predictions[r.path] = r.prediction
-            f.generation = self.classifier.generation if self.classifier.ready() else -1
-            done += len(chunk)
-            self.progress.emit(job, "labeling" if self.classifier.ready() else "embedding", done, len(paths))
+        for item in f.embed(cache, cancel, paths, chunk=FOLDER_CHUNK):
+            stage = "labeling" if self.classifier.ready() or f.confirmed else "embedding"
+            self.progress.emit(job, stage, item.done, item.total)
             now = time.monotonic()
             if now - last_emit >= FOLDER_EMIT_INTERVAL_S:  # a 100k-file list is not rebuilt per chunk
-                self._emit_folder()
+                self._refresh_folder(store=False)
                 last_emit = now
-        self._emit_folder()
 
     def _reembed_folder(self) -> None:
         """The tail changed (fine-tuning or its reset): features again from the cached trunk maps."""
-        f = self.folder
-        f.tail_version = self._tail_version
+        f = self.session
+        self._session_tail = self._tail_version
         paths = [p for p in f.paths if bool(f.embedded[f.row[p]])]
         cache = open_embedding_cache(self.project_folder, self.embedder)
         try:
@@ -654,69 +599,57 @@ class Engine(QObject):
         self.jobFinished.emit("update folder", "")
         self._refresh_folder()
 
-    def _refresh_folder(self) -> None:
-        """Predict every embedded file again with the current support set (transductive when complete)."""
-        f = self.folder
-        c = self.classifier
-        f.generation = c.generation
-        if not c.ready():
-            f.predictions = {}
-        else:
-            rows = torch.nonzero(f.embedded).flatten()
-            if len(rows):
-                preds = c.predict_features(f.features[rows].float(), self.transductive and f.complete)
-                f.predictions = {f.paths[int(i)]: p for i, p in zip(rows, preds)}
-                f.predictions_stored = False
-                self._mark_dirty()
+    def _refresh_folder(self, store: bool = True) -> None:
+        """Predict the folder again with every label so far (core.session) and show it."""
+        f = self.session
+        if f.predict() and store and bool(f.predicted.any()):
+            self._predictions_stored = False
+            self._mark_dirty()
         self._emit_folder()
 
     def _items(self) -> list[FolderItem]:
-        f = self.folder
+        f = self.session
         items = []
-        for p in f.paths:
-            pred = f.predictions.get(p)
-            if p in f.confirmed:
-                items.append(FolderItem(p, f.confirmed[p], 1.0, pred.similarity if pred else 0.0, "confirmed",
-                                        list(pred.topk) if pred else []))
-            elif pred is not None:
-                items.append(FolderItem(p, pred.label, pred.probability, pred.similarity, "predicted", list(pred.topk)))
-            elif p in f.skipped:
+        for p, (label, source, conf, sim, topk, priority) in zip(f.paths, f.shown()):
+            if p in f.skipped:
                 continue
-            else:
+            if not label:
                 items.append(FolderItem(p, ""))
+            elif source == "confirmed":
+                items.append(FolderItem(p, label, 1.0, sim, source, topk))
+            else:
+                items.append(FolderItem(p, label, conf, sim, source, topk, priority))
         return items
 
     def _emit_folder(self) -> None:
-        f = self.folder
+        f = self.session
         if f is None:
             self.folderChanged.emit([])
             self.folderSummary.emit("")
+            self.estimateChanged.emit("")
             return
         self.folderChanged.emit(self._items())
         summary = f"{len(f.skipped)} unreadable file(s) skipped" if f.skipped else ""
         self.folderSummary.emit(summary)
+        self.estimateChanged.emit(f.estimate().text() if bool(f.predicted.any()) else "")
 
     def assign(self, paths: Sequence[str], class_name: str) -> None:
-        """The human says these folder images are `class_name`. A label that differs from the model's
-        prediction also becomes a support example, so the model learns from the correction."""
+        """The human says these folder images are `class_name`: the folder model learns from it at once, and a
+        label that differs from the model's also becomes a support example (the live view learns too)."""
         self._submit("correct", self._assign, list(paths), class_name)
 
     def _assign(self, paths: list[str], class_name: str) -> str:
-        f = self.folder
+        f = self.session
         if f is None:
             return ""
-        if class_name not in self.classifier.classes:
-            self.classifier.add_class(class_name)
+        shown = {p: f.label_of(p) for p in paths}
+        took = f.confirm(paths, class_name)
         by_source = {e.source: e.id for e in self.classifier.examples.values() if e.source}
         learn_paths, learn_images = [], []
-        for p in paths:
-            if p not in f.row:
-                continue
-            f.confirmed[p] = class_name
-            pred = f.predictions.get(p)
+        for p in took:
             if p in by_source:
                 self.classifier.move_example(by_source[p], class_name)
-            elif pred is None or pred.label != class_name:
+            elif shown[p] != class_name:
                 try:
                     learn_images.append(load_image(p))
                     learn_paths.append(p)
@@ -724,45 +657,58 @@ class Engine(QObject):
                     self.message.emit("warning", exc.reason if hasattr(exc, "reason") else str(exc))
         if learn_images:
             self.classifier.add_examples(class_name, learn_images, learn_paths)
-        self._store_confirmed(paths)
-        self._emit_folder()
-        return (f"{len(paths)} image(s) labeled '{class_name}'"
+        self._store_confirmed(took)
+        self._refresh_folder()
+        return (f"{len(took)} image(s) labeled '{class_name}'"
                 + (f"; {len(learn_images)} correction(s) added as examples" if learn_images else ""))
+
+    def reject(self, paths: Sequence[str]) -> None:
+        """"None of these classes": these images are confirmed unknown and teach the unknown decision."""
+        self._submit("correct", self._reject, list(paths))
+
+    def _reject(self, paths: list[str]) -> str:
+        f = self.session
+        if f is None:
+            return ""
+        took = f.reject(paths)
+        for e in [e for e in self.classifier.examples.values() if e.source in set(took)]:
+            self.classifier.remove_example(e.id)  # an example of a class that the person now says it is not
+        self._store_confirmed(took)
+        self._refresh_folder()
+        return f"{len(took)} image(s) marked 'none of these classes'"
 
     def accept(self, paths: Sequence[str]) -> None:
         self._submit("accept", self._accept, list(paths))
 
     def _accept(self, paths: list[str]) -> str:
-        f = self.folder
+        f = self.session
         if f is None:
             return ""
-        took = []
-        for p in paths:
-            pred = f.predictions.get(p)
-            if p not in f.confirmed and pred is not None and not pred.is_unknown:
-                f.confirmed[p] = pred.label
-                took.append(p)
+        took = f.accept(paths)
         self._store_confirmed(took)
-        self._emit_folder()
+        self._refresh_folder()
         left = len(paths) - len(took)
-        return f"{len(took)} label(s) accepted" + (f"; {left} unknown or already confirmed left as they are" if left else "")
+        return f"{len(took)} label(s) accepted" + (f"; {left} already confirmed or not labeled yet left as they are" if left else "")
 
     def accept_above(self, threshold: float) -> None:
         self._submit("accept", self._accept_above, threshold)
 
     def _accept_above(self, threshold: float) -> str:
-        f = self.folder
+        f = self.session
         if f is None:
             return ""
-        paths = [p for p, pred in f.predictions.items()
-                 if p not in f.confirmed and not pred.is_unknown and pred.probability >= threshold]
-        return self._accept(paths) + f" (confidence ≥ {threshold:.2f})"
+        preview = f.preview_accept_above(threshold)
+        took = f.accept_above(threshold)
+        self._store_confirmed(took)
+        self._refresh_folder()
+        return (f"{len(took)} label(s) with confidence ≥ {threshold:.2f} accepted "
+                f"(about {preview.expected_wrong:.0f} of them expected wrong)")
 
     def explain(self, path: str) -> None:
         self._submit("explain", self._explain, path)
 
     def _explain(self, path: str) -> str:
-        f = self.folder
+        f = self.session
         feature = f.feature(path) if f is not None else None
         if feature is None or not self.classifier.examples:
             self.explanation.emit(path, [])
@@ -783,32 +729,21 @@ class Engine(QObject):
         return ""
 
     def _store_confirmed(self, paths: Sequence[str]) -> None:
-        f = self.folder
+        f = self.session
         rows = [(p, f.confirmed_prediction(p), "confirmed") for p in paths if p in f.confirmed]
         store_labels(self.project_folder, rows, f.root)
 
     def _store_predictions(self) -> None:
-        f = self.folder
-        if f is None or f.predictions_stored:
+        f = self.session
+        if f is None or self._predictions_stored:
             return
-        f.predictions_stored = True
-        rows = [(p, pred, "predicted") for p, pred in f.predictions.items() if p not in f.confirmed]
+        self._predictions_stored = True
+        rows = [(r.path, r.prediction, r.source) for r in f.records() if r.source == "predicted"]
         store_labels(self.project_folder, rows, f.root)
 
     def records(self) -> list[LabelRecord]:
         """The folder's labels as core records (engine thread): human labels first-class, then predictions."""
-        f = self.folder
-        out = []
-        if f is None:
-            return out
-        for item in self._items():
-            if not item.label:
-                continue
-            if item.source == "confirmed":
-                out.append(LabelRecord(item.path, f.confirmed_prediction(item.path), "confirmed"))
-            else:
-                out.append(LabelRecord(item.path, f.predictions[item.path], "predicted"))
-        return out
+        return self.session.records() if self.session is not None else []
 
     def export_csv(self, path: str) -> None:
         self._submit("export", self._export_csv, path)
@@ -862,7 +797,7 @@ class Engine(QObject):
     def _new_project(self) -> str:
         self._autosave(force=True)
         self.classifier = FewShotClassifier(self.embedder)
-        self.folder = None
+        self.session = None
         self.settings = {"model": self.settings.get("model", "")}
         self.roi = None
         self._tail_version += 1
@@ -911,7 +846,7 @@ class Engine(QObject):
         project = load_project(folder, self.embedder)  # ProjectError -> message; the current project stays
         self._autosave(force=True)
         self.classifier = project.classifier
-        self.folder = None
+        self.session = None
         model = self.settings.get("model", "")
         self.settings = dict(project.settings)
         self.settings["model"] = model
@@ -948,8 +883,8 @@ class Engine(QObject):
                 if not (target / "project.json").exists():
                     raise ValueError(f"'{target}' is not empty: pick an empty folder for the project")
             self._write(target)
-            if self.folder is not None:
-                store_labels(target, [(r.path, r.prediction, r.source) for r in self.records()], self.folder.root)
+            if self.session is not None:
+                store_labels(target, [(r.path, r.prediction, r.source) for r in self.records()], self.session.root)
             self._set_project(target, unsaved=False)
         else:
             self._write(target)
@@ -957,7 +892,7 @@ class Engine(QObject):
         return f"saved to {target}"
 
     def _write(self, folder: Path) -> None:
-        root = self.folder.root if self.folder is not None else None
+        root = self.session.root if self.session is not None else None
         save_project(folder, self.classifier, query_root=root, settings=self.settings)
         self.saved.emit(str(folder))
 

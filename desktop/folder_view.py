@@ -6,11 +6,12 @@ thread (`ThumbnailLoader`) and reach the UI thread as QImages through a queued s
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -30,6 +31,7 @@ from PySide6.QtCore import (
     Qt,
     QTimerEvent,
     Signal,
+    SignalInstance,
 )
 from PySide6.QtGui import (
     QAction,
@@ -55,6 +57,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListView,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -62,6 +65,7 @@ from PySide6.QtWidgets import (
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
+    QToolTip,
     QVBoxLayout,
     QWidget,
 )
@@ -272,6 +276,11 @@ class _FolderModel(QAbstractListModel):
     def visible_items(self) -> list[FolderItem]:
         return [self._items[i] for i in self._order]
 
+    def paths_from(self, row: int) -> Iterator[str]:
+        """Paths from `row` on in display order, as they are now (a later `set_rows` does not change them)."""
+        items, order = self._items, self._order
+        return (items[i].path for i in itertools.islice(order, row, None))
+
     def row_of(self, path: str) -> int | None:
         if self._row_of is None:  # built on demand: most reorders never need it
             self._row_of = {self._items[i].path: row for row, i in enumerate(self._order)}
@@ -426,6 +435,7 @@ class _Grid(QListView):
 
     labelKeyPressed = Signal(str)  # "1".."9"
     acceptKeyPressed = Signal()
+    rejectKeyPressed = Signal()  # "0": none of these classes
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -456,12 +466,14 @@ class _Grid(QListView):
             return None
         if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space):
             return "accept"
+        if e.key() == Qt.Key.Key_0:
+            return "reject"
         if Qt.Key.Key_1 <= e.key() <= Qt.Key.Key_9:
             return str(e.key() - Qt.Key.Key_0)
         return None
 
     def event(self, e: QEvent) -> bool:
-        # Application shortcuts on 1-9/Enter (e.g. the live view's) must not steal the grid's keys.
+        # Application shortcuts on 0-9/Enter (e.g. the live view's) must not steal the grid's keys.
         if e.type() == QEvent.Type.ShortcutOverride and self._action_of(e) is not None:  # type: ignore[arg-type]
             e.accept()
             return True
@@ -473,6 +485,8 @@ class _Grid(QListView):
             super().keyPressEvent(e)
         elif action == "accept":
             self.acceptKeyPressed.emit()
+        elif action == "reject":
+            self.rejectKeyPressed.emit()
         else:
             self.labelKeyPressed.emit(action)
 
@@ -483,15 +497,22 @@ class _Grid(QListView):
     def capture_anchor(self) -> tuple:
         """Where the user is looking: the current item's screen position if visible, else the scroll value."""
         cur = self.currentIndex()
+        top = self.visible_top(cur.row()) if cur.isValid() else None
+        if top is not None:
+            return ("path", self.model().path(cur.row()), top)
+        return ("value", self.verticalScrollBar().value())
+
+    def visible_top(self, row: int) -> int | None:
+        """The viewport y of `row`'s cell when it is (partly) on screen, else None."""
         self._capturing = True  # visualRect may run a posted layout, which calls doItemsLayout
         try:
-            rect = self.visualRect(cur) if cur.isValid() else QRect()
+            rect = self.visualRect(self.model().index(row))
         finally:
             self._capturing = False
         # vertically only: after a narrowing resize the old layout may put the current cell right of the viewport
         if rect.isValid() and rect.bottom() >= 0 and rect.top() < self.viewport().height():
-            return ("path", self.model().path(cur.row()), rect.top())
-        return ("value", self.verticalScrollBar().value())
+            return rect.top()
+        return None
 
     def restore_anchor(self, anchor: tuple) -> None:
         """Scroll back to `anchor` now, or once the pending layout is complete."""
@@ -694,6 +715,7 @@ class FolderView(QWidget):
 
     assignRequested = Signal(list, str)  # paths, class name
     acceptRequested = Signal(list)  # paths whose predicted label the user confirmed
+    rejectRequested = Signal(list)  # paths that belong to none of the classes
     acceptAboveRequested = Signal(float)  # confidence threshold
     currentChanged = Signal(str)  # path
     cancelRequested = Signal()
@@ -707,11 +729,15 @@ class FolderView(QWidget):
         self._items: list[FolderItem] = []
         self._paths: list[str] = []
         self._conf = np.zeros(0)
+        self._review = np.zeros(0)  # "least confident first" key: the session's priority, else confidence
         self._group = np.zeros(0, np.int8)  # 0 predicted, 1 confirmed, 2 not labeled yet
         self._unknown = np.zeros(0, bool)
         self._name_order: np.ndarray | None = None  # natural file-name order, cached while paths are unchanged
         self._path_order: np.ndarray | None = None  # plain path order, the tie-breaker
         self._current_path: str | None = None
+        # (first acted-on path, its successor) from the last assign/accept/reject, until the next rebuild: the
+        # successor then takes the acted-on cell's place on screen instead of the grid scrolling by a line.
+        self._handover: tuple[str, str] | None = None
         self._restoring = False
         self._cache = _ThumbnailCache()
         self._errors: dict[str, str] = {}
@@ -765,6 +791,11 @@ class FolderView(QWidget):
         header.addWidget(self.threshold_spin)
         lay.addLayout(header)
 
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)  # a long estimate wraps instead of widening the window
+        self.estimate_label.hide()
+        lay.addWidget(self.estimate_label)
+
         self.progress_row = QWidget()
         prow = QHBoxLayout(self.progress_row)
         prow.setContentsMargins(0, 0, 0, 0)
@@ -785,6 +816,7 @@ class FolderView(QWidget):
         self.grid.selectionModel().currentChanged.connect(self._on_selection_current_changed)
         self.grid.labelKeyPressed.connect(self._on_grid_label_key)
         self.grid.acceptKeyPressed.connect(self._on_grid_accept_key)
+        self.grid.rejectKeyPressed.connect(self._on_grid_reject_key)
         self.grid.doubleClicked.connect(self._on_grid_double_clicked)
         self.grid.customContextMenuRequested.connect(self._on_grid_context_menu)
 
@@ -842,6 +874,9 @@ class FolderView(QWidget):
         self._conf = np.fromiter((it.confidence for it in items), np.float64, n)
         self._group = np.fromiter(
             (2 if not it.label else 1 if it.source == "confirmed" else 0 for it in items), np.int8, n)
+        self._review = np.fromiter(
+            (it.confidence if it.priority is None else it.priority for it in items), np.float64, n)
+        self._review[self._group != 0] = self._conf[self._group != 0]  # priority orders what awaits review only
         self._unknown = np.fromiter((it.label == UNKNOWN_LABEL for it in items), bool, n)
         self._rebuild()
         self._refresh_panel_item()
@@ -854,7 +889,10 @@ class FolderView(QWidget):
         return self._current_path
 
     def select_path(self, path: str) -> bool:
-        """Make `path` current, selected and visible; shows all images if a filter hides it. False if absent."""
+        """Make `path` current, selected and visible; shows all images if a filter hides it. False if absent.
+
+        The only way the filter changes without the user: moving on after a correction keeps it.
+        """
         row = self._model.row_of(path)
         if row is None and path in set(self._paths) and self.filter_combo.currentIndex() != 0:
             self.filter_combo.setCurrentIndex(0)
@@ -891,6 +929,11 @@ class FolderView(QWidget):
         self.summary_label.setText(text)
         self.summary_label.setVisible(bool(text))
 
+    def set_estimate(self, text: str) -> None:
+        """A line such as 'about 94% of 312 unreviewed labels right' above the grid ('' hides it)."""
+        self.estimate_label.setText(text)
+        self.estimate_label.setVisible(bool(text))
+
     def show_explanation(self, path: str, nearest: Sequence[tuple[ExampleInfo, float]]) -> None:
         """Show the nearest support examples (with similarity) of `path`; ignored unless it is the current image."""
         if path != self._current_path:
@@ -926,8 +969,8 @@ class FolderView(QWidget):
             # lexsort's last key is the primary one; the path-order rank breaks ties deterministically
             rank = np.empty(n, np.int64)
             rank[self._path_order] = np.arange(n)
-            conf = self._conf if sort == SORT_LEAST else -self._conf
-            order = np.lexsort((rank, conf, self._group))
+            key = self._review if sort == SORT_LEAST else -self._conf
+            order = np.lexsort((rank, key, self._group))
         mask = self._filter_mask()
         if mask is not None:
             order = order[mask[order]]
@@ -959,21 +1002,31 @@ class FolderView(QWidget):
         (`keep_scroll`, for new data) or goes back to the top (a new sort or filter).
         """
         grid, model = self.grid, self._model
+        handover, self._handover = self._handover, None
         old_current = self._current_path
         old_row = model.row_of(old_current) if old_current is not None else None
+        later = model.paths_from(old_row) if old_row is not None else iter(())
         selected = self._selected_paths(include_current=False)
         anchor = grid.capture_anchor() if model.rowCount() else ("value", 0)
         if anchor[0] == "value" and not keep_scroll:
             anchor = ("value", 0)
+        place = None  # (row, viewport y) of the first acted-on cell, for the successor of an intent
+        if handover is not None and handover[1] == old_current and anchor[0] == "path":
+            acted_row = model.row_of(handover[0])
+            top = grid.visible_top(acted_row) if acted_row is not None else None
+            place = (acted_row, top) if top is not None else None
         self._restoring = True
         try:
             relaid = model.set_rows(self._items, self._order())
             n = model.rowCount()
             new_row = model.row_of(old_current) if old_current is not None else None
             if new_row is None and old_row is not None and n:
-                new_row = min(old_row, n - 1)  # the current image left the list: its successor takes its place
+                # the current image left the list: the next one still in it takes its place
+                new_row = next((r for p in later if (r := model.row_of(p)) is not None), n - 1)
                 if anchor[0] == "path":
                     anchor = ("path", model.path(new_row), anchor[2])
+            elif place is not None and new_row == place[0]:
+                anchor = ("path", old_current, place[1])
             sm = grid.selectionModel()
             selection = QItemSelection()
             rows = sorted(r for p in selected if (r := model.row_of(p)) is not None)
@@ -1010,10 +1063,21 @@ class FolderView(QWidget):
         self.count_label.setText(" · ".join(parts))
         self._update_accept_tooltip()
 
+    def _accept_above_outcome(self, t: float) -> tuple[int, int]:
+        """(predicted labels "Accept all ≥ t" would confirm, how many of them are expected to be wrong)."""
+        chosen = (self._group == 0) & ~self._unknown & (self._conf >= t - 1e-9)
+        # a calibrated confidence p is wrong with probability 1 - p
+        return int(np.count_nonzero(chosen)), round(float(np.sum(1.0 - self._conf[chosen])))
+
     def _update_accept_tooltip(self) -> None:
         t = self.threshold_spin.value()
-        count = int(np.count_nonzero((self._group == 0) & ~self._unknown & (self._conf >= t - 1e-9)))
-        self.accept_above_button.setToolTip(f"Confirm the {count} predicted labels with confidence ≥ {t:.2f}")
+        count, wrong = self._accept_above_outcome(t)
+        if not count:
+            text = f"no predicted labels ≥ {t:.2f}"
+        else:
+            text = (f"Confirm the {count} predicted label{'s' if count != 1 else ''} with confidence ≥ {t:.2f}; "
+                    f"about {wrong} of them {'is' if wrong == 1 else 'are'} probably wrong")
+        self.accept_above_button.setToolTip(text)
 
     # --- selection and current item ---
     def _selected_paths(self, include_current: bool = True) -> list[str]:
@@ -1061,17 +1125,25 @@ class FolderView(QWidget):
 
     # --- intents ---
     def _assign(self, paths: list[str], name: str) -> None:
-        if not paths:
-            return
-        next_path = self._next_path(paths)
-        self.assignRequested.emit(paths, name)
-        self._go_to(next_path)
+        if paths:
+            self._act(paths, self.assignRequested, paths, name)
 
     def _accept(self, paths: list[str]) -> None:
         labeled = [p for p in paths if (r := self._model.row_of(p)) is not None and self._model.item(r).label]
-        next_path = self._next_path(paths)
         if labeled:
-            self.acceptRequested.emit(labeled)
+            self._act(paths, self.acceptRequested, labeled)
+        else:
+            self._go_to(self._next_path(paths))
+
+    def _reject(self, paths: list[str]) -> None:
+        if paths:
+            self._act(paths, self.rejectRequested, paths)
+
+    def _act(self, paths: list[str], signal: SignalInstance, *args: object) -> None:
+        """Emit an intent about `paths` (display order), then move on to the image after them."""
+        next_path = self._next_path(paths)
+        self._handover = (paths[0], next_path) if next_path is not None else None
+        signal.emit(*args)
         self._go_to(next_path)
 
     def _next_path(self, paths: list[str]) -> str | None:
@@ -1081,7 +1153,8 @@ class FolderView(QWidget):
         return self._model.path(max(rows) + 1)
 
     def _go_to(self, path: str | None) -> None:
-        # By path, not row: the main window may already have called set_items from the signal.
+        # By path, not row: the main window may already have called set_items from the signal. Never touches
+        # the filter: only the program's select_path may show images the user chose to hide.
         row = self._model.row_of(path) if path is not None else None
         if row is None:
             return
@@ -1097,8 +1170,27 @@ class FolderView(QWidget):
     def _on_grid_accept_key(self) -> None:
         self._accept(self._selected_paths())
 
+    def _on_grid_reject_key(self) -> None:
+        self._reject(self._selected_paths())
+
     def _on_accept_above_clicked(self) -> None:
-        self.acceptAboveRequested.emit(round(self.threshold_spin.value(), 4))
+        t = self.threshold_spin.value()
+        count, wrong = self._accept_above_outcome(t)
+        if not count:
+            QToolTip.showText(self.accept_above_button.mapToGlobal(QPoint(0, self.accept_above_button.height())),
+                              self.accept_above_button.toolTip(), self.accept_above_button)
+            return
+        text = (f"Confirm {count} label{'s' if count != 1 else ''} with confidence ≥ {t:.2f}? "
+                f"About {wrong} of them {'is' if wrong == 1 else 'are'} probably wrong.")
+        if self._confirm_accept_above(text):
+            self.acceptAboveRequested.emit(round(t, 4))
+
+    def _confirm_accept_above(self, text: str) -> bool:
+        """Ask before confirming many labels at once (tests replace this)."""
+        answer = QMessageBox.question(self, "Accept all above a confidence", text,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Yes)
+        return answer == QMessageBox.StandardButton.Yes
 
     def _on_grid_double_clicked(self, index: QModelIndex) -> None:
         if index.isValid():
@@ -1121,6 +1213,8 @@ class FolderView(QWidget):
         menu = QMenu(self)
         accept = menu.addAction("Accept")
         accept.triggered.connect(lambda: self._accept(paths))
+        reject = menu.addAction("None of these classes\t0")
+        reject.triggered.connect(lambda: self._reject(paths))
         assign = menu.addMenu("Assign to")
         for c in self._classes:
             action = QAction(_swatch(QColor(c.color)), c.name + (f"\t{c.key}" if c.key else ""), assign)

@@ -270,9 +270,6 @@ class MainWindow(QMainWindow):
         self.act_model = A("Choose &model file…", self.choose_model, None,
                            "A model made with `protolabel metatrain` (or exported); examples are embedded again")
         self.act_default_model = A("Use the &default model", lambda: self.engine.set_model(None))
-        self.act_transductive = QAction("Use the whole folder when predicting (transductive)", self, checkable=True,
-                                        checked=True)
-        self.act_transductive.toggled.connect(self._on_transductive_toggled)
         self.act_help = A("&Getting started", self.show_help, QKeySequence.StandardKey.HelpContents)
         self.act_about = A("&About ProtoLabel", self.show_about)
 
@@ -297,7 +294,7 @@ class MainWindow(QMainWindow):
             m.addSeparator() if a is None else m.addAction(a)
         m = bar.addMenu("&Model")
         for a in (self.act_import, None, self.act_finetune, self.act_reset, None, self.act_model,
-                  self.act_default_model, None, self.act_transductive):
+                  self.act_default_model):
             m.addSeparator() if a is None else m.addAction(a)
         m = bar.addMenu("&Help")
         m.addAction(self.act_help)
@@ -318,6 +315,7 @@ class MainWindow(QMainWindow):
         e.livePrediction.connect(self._on_engine_live_prediction)
         e.folderChanged.connect(self._on_engine_folder_changed)
         e.folderSummary.connect(self.folder_view.set_summary)
+        e.estimateChanged.connect(self.folder_view.set_estimate)
         e.explanation.connect(self.folder_view.show_explanation)
         e.progress.connect(self._on_engine_progress)
         e.jobStarted.connect(self._on_engine_job_started)
@@ -345,6 +343,7 @@ class MainWindow(QMainWindow):
         fv.assignRequested.connect(e.assign)
         fv.acceptRequested.connect(e.accept)
         fv.acceptAboveRequested.connect(e.accept_above)
+        fv.rejectRequested.connect(e.reject)
         fv.cancelRequested.connect(lambda: e.cancel("label folder"))
         fv.currentChanged.connect(self._on_folder_current_changed)
         fv.openRequested.connect(self._on_folder_open_requested)
@@ -594,14 +593,19 @@ class MainWindow(QMainWindow):
         self.engine.show_file(path)
         self.tabs.setCurrentWidget(self.live)
 
-    def _on_transductive_toggled(self, on: bool) -> None:
-        self.engine.set_transductive(on)
-
     # ------------------------------------------------------------------ model
     def finetune(self) -> None:
-        counts = [c.count for c in self.snapshot.classes if c.count]
+        # Said before running, not after seconds of work: the learning rate is chosen by cross-validation on
+        # the examples (one per class held out), so with a single example in a class it keeps the weights.
+        counts = {c.name: c.count for c in self.snapshot.classes if c.count}
         if len(counts) < 2:
             self.show_message("info", "Fine-tuning needs examples of at least two classes.")
+            return
+        few = [name for name, n in counts.items() if n < 2]
+        if few:
+            self.show_message("info", "Fine-tuning can't help yet: it needs at least 2 examples in every class "
+                                      f"({', '.join(few[:3])}{' …' if len(few) > 3 else ''} "
+                                      f"{'has' if len(few) == 1 else 'have'} 1). Add examples and try again.")
             return
         self.engine.finetune()
 

@@ -57,6 +57,7 @@ class FolderItem:
     similarity: float = 0.0
     source: str = "predicted"  # predicted | confirmed
     topk: list[tuple[str, float]] = field(default_factory=list)
+    priority: float | None = None  # review order from the labeling session, lower first; None: by confidence
 
     @property
     def is_unknown(self) -> bool:

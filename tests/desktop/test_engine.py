@@ -364,3 +364,70 @@ def test_labeling_a_folder_again_reads_the_embedding_cache(qtbot, engine, tmp_pa
     _finish(qtbot, engine, "label folder", timeout=120_000)
     assert sum(seen) == 1
     assert {Path(it.path).name: it.label for it in engine.events["folder"][-1]}["0007.png"] == "square"
+
+
+def test_the_window_and_simulate_drive_the_same_labeling_session(qtbot, engine, tmp_path, embedder):
+    """The engine is an adapter over core.session: the same folder and the same confirmations give the same
+    labels and probabilities as the session `protolabel simulate` drives (fed from `evaluate`'s feature table)."""
+    from core import FewShotClassifier
+    from core.evaluation import build_feature_table
+    from core.session import LabelingSession
+
+    classes = ("circle", "square", "triangle")
+    tree = tmp_path / "tree"
+    write_tree(tree, per_class=4, classes=classes, seed=3)
+    first = {c: str(sorted((tree / c).iterdir())[0]) for c in classes}
+    engine.label_folder(str(tree))
+    _finish(qtbot, engine, "label folder")
+    for c, path in first.items():
+        engine.assign([path], c)
+        _finish(qtbot, engine, "correct")
+    shown = {it.path: (it.label, round(it.confidence, 4)) for it in engine.events["folder"][-1]}
+
+    *_, table = build_feature_table(tree, embedder, min_images=1, cache_dir=False)
+    session = LabelingSession(FewShotClassifier(embedder), str(tree), table.paths)
+    session.set_features(table.paths, table.features)
+    for c, path in first.items():
+        session.confirm([path], c)
+    session.predict()
+    conf = session.confidence()
+    simulated = {p: (session.label_of(p), round(float(conf[session.row[p]]), 4)) for p in session.paths}
+    assert shown == simulated
+    assert sum(label == Path(p).parent.name for p, (label, _) in shown.items()) >= 10
+
+
+def test_none_of_these_classes_round_trips_through_a_saved_project(qtbot, engine, tmp_path, embedder):
+    classes = ("circle", "square", "triangle")
+    tree = tmp_path / "tree"
+    write_tree(tree, per_class=3, classes=classes, seed=4)
+    engine.label_folder(str(tree))
+    _finish(qtbot, engine, "label folder")
+    for c in ("circle", "square"):
+        engine.assign([str(sorted((tree / c).iterdir())[0])], c)
+        _finish(qtbot, engine, "correct")
+    triangles = [str(p) for p in sorted((tree / "triangle").iterdir())]
+    engine.reject(triangles[:2])
+    assert "2 image(s) marked 'none of these classes'" in _finish(qtbot, engine, "correct")
+    items = {it.path: it for it in engine.events["folder"][-1]}
+    assert all((items[p].label, items[p].source) == ("unknown", "confirmed") for p in triangles[:2])
+    assert (items[triangles[2]].label, items[triangles[2]].source) == ("unknown", "predicted")  # learned
+    assert [c.name for c in engine.events["snap"][-1].classes] == ["circle", "square"]  # "unknown" is no class
+    project = tmp_path / "project"
+    engine.save_project(str(project))
+    _finish(qtbot, engine, "save")
+
+    other = Engine(lambda: embedder, LatestFrame(), tmp_path / "ws2")
+    folder_events, done = [], []
+    other.folderChanged.connect(folder_events.append)
+    other.jobFinished.connect(lambda job, text: done.append(job))
+    with qtbot.waitSignal(other.ready, timeout=30_000):
+        other.start()
+    try:
+        other.open_project(str(project))
+        _until(qtbot, lambda: "open project" in done, timeout=60_000)
+        reopened = {it.path: it for it in folder_events[-1]}
+        assert all((reopened[p].label, reopened[p].source) == ("unknown", "confirmed") for p in triangles[:2])
+        assert reopened[triangles[2]].label == "unknown"
+        assert other.classifier.classes == ["circle", "square"]
+    finally:
+        assert other.shutdown()

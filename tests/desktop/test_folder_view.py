@@ -34,6 +34,14 @@ def _no_loader_thread_left():
     assert not left, "a ThumbnailLoader thread outlived its test"
 
 
+@pytest.fixture(autouse=True)
+def _no_modal_dialog(monkeypatch):
+    """A modal question would block the test run: tests that click "Accept all ≥" answer it themselves."""
+    def unexpected(self, text):
+        raise AssertionError(f"unexpected confirmation dialog: {text}")
+    monkeypatch.setattr(FolderView, "_confirm_accept_above", unexpected)
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> list[FolderItem]:
     """48 generated shape images (varied aspect ratios) + 2 broken files, with a mix of label states.
@@ -106,6 +114,25 @@ def test_least_confident_first_then_confirmed_then_unlabeled(view, folder):
     pending = [it for it in shown if group(it) == 0]
     assert [it.confidence for it in pending] == sorted(it.confidence for it in pending)
     assert all(not it.label for it in shown[-3:])
+
+
+def test_least_confident_first_follows_the_session_priority(view, folder):
+    rng = np.random.default_rng(5)
+    predicted = [it for it in folder if group(it) == 0]
+    for it in predicted[::2]:  # the others fall back to their confidence
+        it.priority = float(rng.random())
+    for it in folder:
+        if group(it) == 1:
+            it.priority = -1.0  # only what awaits review is ordered by priority
+    view.set_items(folder)
+
+    def key(it: FolderItem) -> float:
+        return it.priority if group(it) == 0 and it.priority is not None else it.confidence
+
+    assert paths(view.items()) == paths(sorted(folder, key=lambda it: (group(it), key(it), it.path)))
+    assert paths(view.items()) != paths(sorted(folder, key=lambda it: (group(it), it.confidence, it.path)))
+    view.sort_combo.setCurrentText("Most confident first")  # still by confidence
+    assert paths(view.items()) == paths(sorted(folder, key=lambda it: (group(it), -it.confidence, it.path)))
 
 
 def test_most_confident_and_file_name_sorts(view, folder):
@@ -230,7 +257,9 @@ def test_space_accepts_but_skips_unlabeled(view, folder, qtbot):
     assert blocker.args == [[shown[-4].path]]
 
 
-def test_accept_above_emits_spinbox_value(view, folder, qtbot):
+def test_accept_above_emits_spinbox_value(view, folder, qtbot, monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(view, "_confirm_accept_above", lambda text: asked.append(text) or True)
     view.set_items(folder)
     assert view.threshold_spin.value() == pytest.approx(0.9)
     assert (view.threshold_spin.minimum(), view.threshold_spin.maximum()) == (0.5, 1.0)
@@ -240,6 +269,69 @@ def test_accept_above_emits_spinbox_value(view, folder, qtbot):
     assert blocker.args == [pytest.approx(0.75)]
     eligible = sum(1 for it in folder if group(it) == 0 and it.label != UNKNOWN_LABEL and it.confidence >= 0.75)
     assert f"the {eligible} predicted labels" in view.accept_above_button.toolTip()
+    assert len(asked) == 1 and asked[0].startswith(f"Confirm {eligible} labels with confidence ≥ 0.75?")
+
+
+def _accept_above_items() -> list[FolderItem]:
+    """Known confidences: ≥ 0.90 are 0.95, 0.92, 0.91, 0.90 (predicted) -> 4 labels, 0.32 expected wrong; the
+    0.99 confirmed one, the 0.97 unknown one and those below 0.90 don't count."""
+    confs = [0.95, 0.92, 0.91, 0.90, 0.89, 0.5]
+    items = [FolderItem(f"/d/p{i}.png", "circle", c) for i, c in enumerate(confs)]
+    items.append(FolderItem("/d/c.png", "square", 0.99, source="confirmed"))
+    items.append(FolderItem("/d/u.png", UNKNOWN_LABEL, 0.97))
+    items.append(FolderItem("/d/n.png", ""))
+    for i, c in enumerate((0.80, 0.70, 0.60, 0.55)):  # 0.5 ≥ t: 10 labels, 0.32 + 0.11 + 0.5 + 1.35 -> 2 wrong
+        items.append(FolderItem(f"/d/q{i}.png", "star", c))
+    return items
+
+
+def test_accept_above_says_how_many_and_how_many_wrong(view, qtbot, monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(view, "_confirm_accept_above", lambda text: asked.append(text) or True)
+    view.set_items(_accept_above_items())
+    view.threshold_spin.setValue(0.9)
+    assert view.accept_above_button.toolTip() == ("Confirm the 4 predicted labels with confidence ≥ 0.90; "
+                                                  "about 0 of them are probably wrong")
+    view.threshold_spin.setValue(0.5)
+    assert view.accept_above_button.toolTip() == ("Confirm the 10 predicted labels with confidence ≥ 0.50; "
+                                                  "about 2 of them are probably wrong")
+    with qtbot.waitSignal(view.acceptAboveRequested, timeout=1000):
+        qtbot.mouseClick(view.accept_above_button, Qt.MouseButton.LeftButton)
+    assert asked == ["Confirm 10 labels with confidence ≥ 0.50? About 2 of them are probably wrong."]
+
+
+def test_accept_above_refused_emits_nothing(view, qtbot, monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(view, "_confirm_accept_above", lambda text: asked.append(text) or False)
+    view.set_items(_accept_above_items())
+    with qtbot.assertNotEmitted(view.acceptAboveRequested):
+        qtbot.mouseClick(view.accept_above_button, Qt.MouseButton.LeftButton)
+    assert asked == ["Confirm 4 labels with confidence ≥ 0.90? About 0 of them are probably wrong."]
+
+
+def test_accept_above_with_nothing_to_accept_asks_nothing(view, qtbot):
+    view.set_items([it for it in _accept_above_items() if it.confidence < 0.9 or it.source == "confirmed"
+                    or it.label == UNKNOWN_LABEL])
+    assert view.accept_above_button.toolTip() == "no predicted labels ≥ 0.90"
+    with qtbot.assertNotEmitted(view.acceptAboveRequested):  # the autouse guard fails on a dialog
+        qtbot.mouseClick(view.accept_above_button, Qt.MouseButton.LeftButton)
+
+
+def test_zero_rejects_selection_and_moves_on(qtbot, folder):
+    """Key 0, "none of these classes", works without any class mapped to a key."""
+    w = FolderView()
+    qtbot.addWidget(w)
+    try:
+        w.set_items(folder)
+        shown = paths(w.items())
+        select_rows(w, [2, 3])
+        with qtbot.waitSignal(w.rejectRequested, timeout=1000) as blocker:
+            qtbot.keyClick(w.grid, Qt.Key.Key_0)
+        assert blocker.args == [shown[2:4]]
+        assert w.current_path() == shown[4]
+        assert w._selected_paths() == [shown[4]]
+    finally:
+        w.shutdown()
 
 
 def test_context_menu_actions(view, folder, qtbot):
@@ -248,10 +340,18 @@ def test_context_menu_actions(view, folder, qtbot):
     select_rows(view, [4, 5])
     menu = view.context_menu(shown[5])
     actions = {a.text(): a for a in menu.actions()}
-    assert set(actions) >= {"Accept", "Assign to", "Show in live view"}
+    assert set(actions) >= {"Accept", "None of these classes\t0", "Assign to", "Show in live view"}
     with qtbot.waitSignal(view.acceptRequested, timeout=1000) as blocker:
         actions["Accept"].trigger()
     assert blocker.args == [shown[4:6]]
+    assert view.current_path() == shown[6]
+    select_rows(view, [1, 2])
+    menu = view.context_menu(shown[2])
+    reject = next(a for a in menu.actions() if a.text() == "None of these classes\t0")
+    with qtbot.waitSignal(view.rejectRequested, timeout=1000) as blocker:
+        reject.trigger()
+    assert blocker.args == [shown[1:3]]
+    assert view.current_path() == shown[3]
     select_rows(view, [4, 5])
     menu = view.context_menu(shown[5])
     assign = next(a for a in menu.actions() if a.text() == "Assign to").menu()
@@ -309,6 +409,10 @@ def test_removed_current_hands_over_to_its_successor(view, folder, qtbot):
         view.set_items([it for it in folder if it.path != shown[5]])
     assert blocker.args == [shown[6]]
     assert view.current_path() == shown[6]
+    # an image before it leaves too: the next image still there takes over, not whatever fills its row
+    with qtbot.waitSignal(view.currentChanged, timeout=1000) as blocker:
+        view.set_items([it for it in folder if it.path not in (shown[2], shown[5], shown[6])])
+    assert blocker.args == [shown[7]]
 
 
 def test_scroll_position_survives_relayout_of_100k(view, qtbot):
@@ -357,6 +461,63 @@ def test_scroll_position_survives_relayout_of_100k(view, qtbot):
     assert grid.verticalScrollBar().value() == 0
 
 
+def test_filter_kept_and_successor_takes_the_place_after_a_correction(view, folder, qtbot):
+    """With "Class: circle" shown, relabeling the current image as square keeps the filter; the next image
+    becomes current and slides into the corrected one's cell, without the grid scrolling."""
+    view.resize(760, 400)
+    view.set_items(folder)
+    view.show()
+    qtbot.waitExposed(view)
+    grid, model = view.grid, view.grid.model()
+    view.filter_combo.setCurrentText("Class: circle")
+    qtbot.waitUntil(lambda: grid._pending is None and grid._layout_complete(), timeout=5000)
+    grid.verticalScrollBar().setValue(grid.verticalScrollBar().maximum())
+    assert grid.verticalScrollBar().value() > 0  # else keeping the successor's own position can't scroll
+    shown = paths(view.items())
+    tops = [grid.visualRect(model.index(r)).top() for r in range(len(shown))]
+    # the last cell of a line on screen whose successor starts the next line: it moves up a line
+    row = max(r for r in range(len(shown) - 1) if tops[r + 1] > tops[r] >= 0)
+    acted, successor = shown[row], shown[row + 1]
+    grid.selectionModel().setCurrentIndex(model.index(row), QItemSelectionModel.SelectionFlag.ClearAndSelect)
+    cell = grid.visualRect(model.index(row))
+    with qtbot.waitSignal(view.assignRequested, timeout=1000) as blocker:
+        qtbot.keyClick(grid, Qt.Key.Key_2)
+    assert blocker.args == [[acted], "square"]
+    assert view.current_path() == successor
+    scroll = grid.verticalScrollBar().value()
+
+    for it in folder:  # the engine's answer: the image is a confirmed square now
+        if it.path == acted:
+            it.label, it.source = "square", "confirmed"
+    view.set_items(folder)
+    qtbot.waitUntil(lambda: grid._pending is None and grid._layout_complete(), timeout=5000)
+    assert view.filter_combo.currentText() == "Class: circle"
+    assert view.current_path() == successor
+    assert view._selected_paths() == [successor]
+    assert acted not in paths(view.items())
+    assert paths(view.items()) == [p for p in shown if p != acted]
+    assert grid.verticalScrollBar().value() == scroll
+    assert grid.visualRect(model.index(model.row_of(successor))) == cell
+
+
+def test_moving_on_never_changes_the_filter(view, folder, qtbot):
+    view.set_items(folder)
+    view.filter_combo.setCurrentText("Not confirmed")
+    shown = paths(view.items())
+    view.grid.selectionModel().setCurrentIndex(view.grid.model().index(len(shown) - 1),
+                                               QItemSelectionModel.SelectionFlag.ClearAndSelect)
+    with qtbot.waitSignal(view.rejectRequested, timeout=1000):
+        qtbot.keyClick(view.grid, Qt.Key.Key_0)  # the last one: there is nothing after it
+    assert view.filter_combo.currentText() == "Not confirmed"
+    for it in folder:
+        if it.path == shown[-1]:
+            it.label, it.source = UNKNOWN_LABEL, "confirmed"
+    view.set_items(folder)
+    assert view.filter_combo.currentText() == "Not confirmed"
+    assert view.current_path() == shown[-2]  # the image before it takes over
+    assert paths(view.items()) == shown[:-1]
+
+
 def test_select_path_shows_all_when_filtered_out(view, folder):
     view.set_items(folder)
     view.filter_combo.setCurrentText("Confirmed")
@@ -387,6 +548,17 @@ def test_summary_line(view):
     assert not view.summary_label.isHidden()
     view.set_summary("")
     assert view.summary_label.isHidden()
+
+
+def test_estimate_line(view):
+    assert view.estimate_label.isHidden()
+    narrow = view.minimumSizeHint().width()
+    view.set_estimate("about 94% of 312 unreviewed labels right " * 8)
+    assert not view.estimate_label.isHidden()
+    assert view.estimate_label.text().startswith("about 94% of 312 unreviewed labels right")
+    assert view.minimumSizeHint().width() <= narrow  # a long line wraps; the window needn't grow
+    view.set_estimate("")
+    assert view.estimate_label.isHidden()
 
 
 def _examples() -> list[tuple[ExampleInfo, float]]:
