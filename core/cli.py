@@ -395,7 +395,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _session_options(pairs: Sequence[str]):
-    """["head=logistic", "explore_rounds=2"] -> SessionOptions with those fields changed (types from the defaults)."""
+    """["head=prototypes", "order=margin"] -> SessionOptions with those fields changed (types from the defaults)."""
     import dataclasses
 
     from .session import SessionOptions

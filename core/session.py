@@ -38,23 +38,26 @@ _CHUNK = 16384  # rows normalised at a time: bounds the float32 copy of a 100k-i
 class SessionOptions:
     """How the folder model scores and orders images (defaults: what `protolabel simulate` measured best)."""
 
-    center: str = "folder"  # folder: centre on the folder's mean feature | support: on the labeled classes' mean
-    head: str = "prototypes"  # prototypes | logistic (a linear head fitted to the labels, from the prototypes)
-    logistic_min_labels: int = 3  # per class on average before the logistic head takes over from prototypes
+    # Defaults measured with `protolabel simulate` on openclipart and Fashion-MNIST (docs/labeling-effort.md has
+    # every variant tried and its figures).
+    center: str = "folder"  # folder: centre on the folder's mean feature | none
+    head: str = "logistic"  # prototypes | logistic (a linear head fitted to the labels, from the prototypes)
+    logistic_min_labels: int = 3  # labels per class on average before the logistic head takes over
     logistic_steps: int = 60
     logistic_l2: float = 1.0  # pull towards the prototype weights, per labeled example
-    unknown_floor: float = 0.0  # centred cosine below which an image is "unknown" before any rejection
-    reject_knn: int = 1  # "none of these" examples: unknown score = mean of the k nearest rejections
-    unknown: str = "column"  # column: a logit beside the classes' | gate: P(unknown) from the nearest labeled
-    # image being a rejection or not, the classes sharing the rest
-    gate_scale: float = 20.0
-    order: str = "least"  # least | margin | random | cover
+    knn_mix: float = 0.5  # share of each class's nearest labeled image in its score (classes of several kinds)
+    unknown: str = "gate"  # gate: P(unknown) from the nearest labeled image being a rejection or a class
+    # example, the classes sharing the rest | column: an "unknown" logit beside the classes'
+    unknown_floor: float = 0.0  # before any rejection: centred cosine to the nearest labeled image that is as
+    # likely unknown as not
+    gate_scale: float = 40.0
+    reject_knn: int = 1  # column: unknown score = mean similarity of the k nearest rejections
+    order: str = "least"  # least: least confident first | margin | random | cover (uncertain, not redundant)
     smooth: float = 0.0  # weight of the folder neighbours' distribution in each image's (label propagation)
-    smooth_k: int = 10  # neighbours per image for smoothing and typicality
+    smooth_k: int = 10  # neighbours per image for smoothing and `cover`
     smooth_steps: int = 2
     smooth_max_images: int = 20000  # above this, no neighbour graph (its cost grows with the square)
-    explore_rounds: int = 0  # first rounds pick typical, diverse images instead of the least confident
-    temperature: str = "loo"  # loo: fitted by leave-one-out on the labels | fixed
+    temperature: str = "loo"  # loo: prototype scale fitted by leave-one-out on the labels | fixed
     scale: float = 10.0  # cosine logit scale when not fitted
 
     def with_changes(self, **kw) -> "SessionOptions":
@@ -104,12 +107,25 @@ class _Fit:
     reject_knn: int
     known: torch.Tensor | None = None  # (M, D) labeled class examples, for the gate
     gate_scale: float = 0.0
+    known_labels: torch.Tensor | None = None  # (M,) their classes
+    knn_mix: float = 0.0  # share of the nearest-example score in the class logits
+
+    def class_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """(Q, D) -> (Q, C): the head's logits, mixed with each class's nearest labeled example (scaled
+        cosine) when knn_mix > 0: classes made of several kinds of picture are not one prototype."""
+        cls = z @ self.weights.T + self.bias
+        if self.knn_mix > 0 and self.known_labels is not None and len(self.known_labels):
+            sims = z @ self.known.T
+            nearest = torch.full((len(z), len(self.classes)), -1.0).scatter_reduce(
+                1, self.known_labels.expand(len(z), -1), sims, "amax")
+            cls = (1 - self.knn_mix) * cls + self.knn_mix * self.scale * nearest
+        return cls
 
     def probabilities(self, z: torch.Tensor) -> torch.Tensor:
         """(Q, D) centred normalised -> (Q, C + 1) probabilities; the last column is "unknown"."""
-        if self.known is None:
+        if self.gate_scale <= 0:
             return self.logits(z).softmax(1)
-        cls = (z @ self.weights.T + self.bias).softmax(1)
+        cls = self.class_logits(z).softmax(1)
         near_known = (z @ self.known.T).max(1).values
         if len(self.rejected):
             near_rejected = (z @ self.rejected.T).max(1).values
@@ -120,7 +136,7 @@ class _Fit:
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """(Q, D) centred normalised -> (Q, C + 1) logits; the last column is "unknown"."""
-        cls = z @ self.weights.T + self.bias
+        cls = self.class_logits(z)
         if len(self.rejected):
             k = min(self.reject_knn, len(self.rejected))
             unk = (z @ self.rejected.T).topk(k, dim=1).values.mean(1)
@@ -148,16 +164,14 @@ class LabelingSession:
         self.embedded = torch.zeros(len(self.paths), dtype=torch.bool)
         self.confirmed: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
-        self.complete = False  # every file embedded (or skipped)
-        self.rounds = 0  # predictions made since the folder was opened (explore_rounds counts them)
         # Predictions, one row per path (valid where `predicted`): column index (C = unknown), probability.
         self.classes: list[str] = []
         self.probs = torch.zeros(len(self.paths), 1)
         self.predicted = torch.zeros(len(self.paths), dtype=torch.bool)
         self.similarity = torch.zeros(len(self.paths))
-        self.generation = -1  # classifier generation and label count the predictions were made with
-        self._label_version = 0
-        self._predicted_version: tuple[int, int] | None = None
+        self._label_version = 0  # bumped by every change of labels or features
+        self._predicted_version: tuple[int, int] | None = None  # (classifier generation, label version)
+        self._priority: torch.Tensor | None = None  # of the current predictions
         self._z: torch.Tensor | None = None  # centred normalised features (float32), rebuilt when features change
         self._center: torch.Tensor | None = None
         self._fit: _Fit | None = None
@@ -197,8 +211,6 @@ class LabelingSession:
                 self.set_features(run.paths, run.features)
             done += len(part)
             yield Progress("embedding", done, len(todo), len(self.skipped))
-        if paths is None:
-            self.complete = not (cancel is not None and cancel.cancelled)
 
     def feature(self, path: str) -> torch.Tensor | None:
         i = self.row.get(path)
@@ -358,8 +370,9 @@ class LabelingSession:
         if opts.head == "logistic" and C >= 2 and len(yc) >= opts.logistic_min_labels * C:
             weights, bias = _logistic(z, y, C, weights, rejected, opts, scale)
         fit = _Fit(classes, weights, bias, rejected, scale, opts.unknown_floor, opts.reject_knn)
+        fit.known, fit.known_labels, fit.knn_mix = zc, yc, opts.knn_mix
         if opts.unknown == "gate":
-            fit.known, fit.gate_scale = zc, opts.gate_scale
+            fit.gate_scale = opts.gate_scale
         return fit
 
     def predict(self, force: bool = False) -> bool:
@@ -369,6 +382,7 @@ class LabelingSession:
         if not force and version == self._predicted_version:
             return False
         self._predicted_version = version
+        self._priority = None
         fit = self._fit_model()
         self._fit = fit
         n = len(self.paths)
@@ -391,7 +405,6 @@ class LabelingSession:
         self.probs = probs
         self.similarity = sims
         self.predicted = self.embedded.clone()
-        self.rounds += 1
         return True
 
     def _smoothed(self, probs: torch.Tensor) -> torch.Tensor:
@@ -526,7 +539,13 @@ class LabelingSession:
         return [self.paths[i] for i in order.tolist()]
 
     def priority(self) -> torch.Tensor:
-        """(N,) review priority per row, lower first (meaningful for unreviewed predicted rows)."""
+        """(N,) review priority per row, lower first (meaningful for unreviewed predicted rows); fixed until
+        the next prediction, so the grid and the review order agree."""
+        if self._priority is None or len(self._priority) != len(self.paths):
+            self._priority = self._compute_priority()
+        return self._priority
+
+    def _compute_priority(self) -> torch.Tensor:
         opts = self.options
         n = len(self.paths)
         if not len(self.classes):
@@ -580,6 +599,7 @@ class LabelingSession:
         if not len(rows):
             return Estimate(0, 0.0)
         return Estimate(len(rows), float(self.probs[rows].max(1).values.sum()))
+
 
     def counts(self) -> dict[str, int]:
         return {"images": len(self.paths), "embedded": int(self.embedded.sum()), "confirmed": len(self.confirmed),

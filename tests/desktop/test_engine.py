@@ -382,7 +382,12 @@ def test_the_window_and_simulate_drive_the_same_labeling_session(qtbot, engine, 
     for c, path in first.items():
         engine.assign([path], c)
         _finish(qtbot, engine, "correct")
-    shown = {it.path: (it.label, round(it.confidence, 4)) for it in engine.events["folder"][-1]}
+    items = engine.events["folder"][-1]
+    shown = {it.path: (it.label, round(it.confidence, 4)) for it in items}
+    predicted = [it for it in items if it.source == "predicted"]
+    assert len(predicted) == 9
+    for it in predicted:  # the grid never shows a label beside a higher probability for another class
+        assert it.label == it.topk[0][0] and it.confidence == max(p for _, p in it.topk)
 
     *_, table = build_feature_table(tree, embedder, min_images=1, cache_dir=False)
     session = LabelingSession(FewShotClassifier(embedder), str(tree), table.paths)
