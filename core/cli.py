@@ -36,6 +36,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("s") else "s"))
 
@@ -95,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes mixed into the folder that the annotator never creates (right label: unknown)")
     p.add_argument("--start", type=_positive_int, default=1, help="examples per class when it is created")
     p.add_argument("--batch", type=_positive_int, default=10, help="images reviewed per round")
+    p.add_argument("--accept-above", type=_probability, default=None, metavar="T",
+                   help="after each round also 'Accept all >= T' (one action) when it confirms a batch or more")
     p.add_argument("--trials", type=_positive_int, default=5)
     p.add_argument("--min-images", type=_positive_int, default=10, help="class folders with fewer images are ignored")
     p.add_argument("--seed", type=int, default=0)
@@ -428,7 +440,8 @@ def cmd_simulate(args) -> int:
             return 130
         _print_skipped(table.skipped, 5)
         result = _progress(simulate(table, embedder, args.classes, args.per_class, args.other_classes, args.start,
-                                    args.batch, args.trials, args.seed, options, cancel=token), "simulating")
+                                    args.batch, args.trials, args.seed, options, cancel=token,
+                                    accept_above=args.accept_above), "simulating")
     if not isinstance(result, SimulationResult) or not result.trials:
         print("cancelled", file=sys.stderr)
         return 130

@@ -110,12 +110,13 @@ class _Fit:
     known_labels: torch.Tensor | None = None  # (M,) their classes
     knn_mix: float = 0.0  # share of the nearest-example score in the class logits
 
-    def class_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def class_logits(self, z: torch.Tensor, sims: torch.Tensor | None = None) -> torch.Tensor:
         """(Q, D) -> (Q, C): the head's logits, mixed with each class's nearest labeled example (scaled
-        cosine) when knn_mix > 0: classes made of several kinds of picture are not one prototype."""
+        cosine) when knn_mix > 0: classes made of several kinds of picture are not one prototype.
+        sims: (Q, M) similarities to the labeled class examples, when already computed."""
         cls = z @ self.weights.T + self.bias
         if self.knn_mix > 0 and self.known_labels is not None and len(self.known_labels):
-            sims = z @ self.known.T
+            sims = z @ self.known.T if sims is None else sims
             nearest = torch.full((len(z), len(self.classes)), -1.0).scatter_reduce(
                 1, self.known_labels.expand(len(z), -1), sims, "amax")
             cls = (1 - self.knn_mix) * cls + self.knn_mix * self.scale * nearest
@@ -125,8 +126,9 @@ class _Fit:
         """(Q, D) centred normalised -> (Q, C + 1) probabilities; the last column is "unknown"."""
         if self.gate_scale <= 0:
             return self.logits(z).softmax(1)
-        cls = self.class_logits(z).softmax(1)
-        near_known = (z @ self.known.T).max(1).values
+        sims = z @ self.known.T
+        cls = self.class_logits(z, sims).softmax(1)
+        near_known = sims.max(1).values
         if len(self.rejected):
             near_rejected = (z @ self.rejected.T).max(1).values
         else:

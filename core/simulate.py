@@ -101,7 +101,7 @@ def _pick(table: FeatureTable, rng: np.random.Generator, n_classes: int, n_other
 
 def _run_trial(table: FeatureTable, embedder: Embedder, rng: np.random.Generator, n_classes: int, n_other: int,
                per_class: int, start: int, batch: int, options: SessionOptions, targets: Sequence[int],
-               max_actions: int | None) -> TrialResult:
+               max_actions: int | None, accept_above: float | None = None) -> TrialResult:
     class_names, rows, truth_list = _pick(table, rng, n_classes, n_other, per_class)
     paths = [table.paths[r] for r in rows]
     truth = dict(zip(paths, truth_list))
@@ -176,6 +176,15 @@ def _run_trial(table: FeatureTable, embedder: Embedder, rng: np.random.Generator
         rejected = sum(1 for p in other if session.confirmed.get(p) == UNKNOWN_LABEL)
         if caught_unknown is None and other and rejected >= 3:
             caught_unknown = unknown_share(other)
+        if accept_above is not None and session.preview_accept_above(accept_above).count >= batch:
+            # "Accept all >= t" when it would confirm at least a batch's worth (one action): those labels become
+            # confirmed, right or wrong, and teach; then the grid shows the next batch.
+            session.accept_above(accept_above)
+            actions += 1
+            shown = session.review_order(batch)
+            estimate = session.estimate()
+            correct = right()  # the confirmed labels taught: the other predictions may have changed
+            record(correct)
     return TrialResult(n, reached, start_accuracy, estimate_errors, false_unknown, caught_unknown, round_seconds,
                        curve)
 
@@ -183,8 +192,11 @@ def _run_trial(table: FeatureTable, embedder: Embedder, rng: np.random.Generator
 def simulate(table: FeatureTable, embedder: Embedder, classes: int = 10, per_class: int = 40, other_classes: int = 2,
              start: int = 1, batch: int = 10, trials: int = 5, seed: int = 0, options: SessionOptions | None = None,
              targets: Sequence[int] = TARGETS, max_actions: int | None = None,
-             cancel: CancelToken | None = None) -> Iterator[SimulationProgress | SimulationResult]:
-    """Yields SimulationProgress per trial, then the SimulationResult (also when cancelled: the trials done)."""
+             cancel: CancelToken | None = None,
+             accept_above: float | None = None) -> Iterator[SimulationProgress | SimulationResult]:
+    """Yields SimulationProgress per trial, then the SimulationResult (also when cancelled: the trials done).
+    accept_above: after each round the annotator also uses "Accept all >= t" (one action) when it would
+    confirm at least `batch` labels."""
     options = options or SessionOptions()
     rng = np.random.default_rng(seed)
     done: list[TrialResult] = []
@@ -193,7 +205,7 @@ def simulate(table: FeatureTable, embedder: Embedder, classes: int = 10, per_cla
         if cancel is not None and cancel.cancelled:
             break
         done.append(_run_trial(table, embedder, rng, classes, other_classes, per_class, start, batch, options,
-                               targets, max_actions))
+                               targets, max_actions, accept_above))
         yield SimulationProgress("simulating", k + 1, trials)
     from dataclasses import asdict
 

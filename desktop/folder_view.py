@@ -784,9 +784,11 @@ class FolderView(QWidget):
         header.addWidget(self.accept_above_button)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.5, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setSingleStep(0.01)
         self.threshold_spin.setDecimals(2)
-        self.threshold_spin.setValue(0.9)
+        # High on purpose: wrong labels accepted in bulk are no longer shown for review and teach the model
+        # their mistake (README, "Labeling effort").
+        self.threshold_spin.setValue(0.98)
         self.threshold_spin.valueChanged.connect(self._update_accept_tooltip)
         header.addWidget(self.threshold_spin)
         lay.addLayout(header)
@@ -1076,7 +1078,7 @@ class FolderView(QWidget):
             text = f"no predicted labels ≥ {t:.2f}"
         else:
             text = (f"Confirm the {count} predicted label{'s' if count != 1 else ''} with confidence ≥ {t:.2f}; "
-                    f"about {wrong} of them {'is' if wrong == 1 else 'are'} probably wrong")
+                    + _wrong_text(wrong))
         self.accept_above_button.setToolTip(text)
 
     # --- selection and current item ---
@@ -1181,7 +1183,7 @@ class FolderView(QWidget):
                               self.accept_above_button.toolTip(), self.accept_above_button)
             return
         text = (f"Confirm {count} label{'s' if count != 1 else ''} with confidence ≥ {t:.2f}? "
-                f"About {wrong} of them {'is' if wrong == 1 else 'are'} probably wrong.")
+                + _wrong_text(wrong).capitalize() + ". Wrong ones are then no longer shown for review.")
         if self._confirm_accept_above(text):
             self.acceptAboveRequested.emit(round(t, 4))
 
@@ -1264,6 +1266,12 @@ class FolderView(QWidget):
         self.grid.viewport().update()  # coalesced by Qt into one repaint per event-loop turn
         if path == self._current_path and self.panel.image.pixmap().isNull() and not error:
             self.panel.set_preview(self._preview_stand_in(path))
+
+
+def _wrong_text(wrong: int) -> str:
+    if wrong == 0:
+        return "probably none of them is wrong"
+    return f"about {wrong} of them {'is' if wrong == 1 else 'are'} probably wrong"
 
 
 def _swatch(color: QColor, size: int = 12) -> QIcon:

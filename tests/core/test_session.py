@@ -181,3 +181,14 @@ def test_simulate_command_prints_json_and_draws_the_plot(embedder, shapes_tree, 
 def test_simulate_refuses_a_bad_option(shapes_tree, capsys):
     assert main(["simulate", str(shapes_tree), "--option", "nonsense=1"]) == 2
     assert "--option" in capsys.readouterr().err
+
+
+def test_simulate_accept_all_is_one_action(embedder):
+    table = _clusters(embedder, 4, 4, 0.05, seed=6)
+    kw = dict(classes=3, per_class=4, other_classes=1, start=1, batch=1, trials=1,
+              options=SessionOptions(unknown_floor=-1.0))
+    plain = _run(simulate(table, embedder, **kw)).trials[0]
+    bulk = _run(simulate(table, embedder, accept_above=0.5, **kw)).trials[0]
+    # Same review (3 classes + 1 rejection), then one more action confirms every label >= 0.5 at once.
+    assert [a for a, _ in plain.curve][-1] == 4
+    assert [a for a, _ in bulk.curve][-1] == 5 and bulk.actions_to == plain.actions_to

@@ -261,7 +261,7 @@ def test_accept_above_emits_spinbox_value(view, folder, qtbot, monkeypatch):
     asked: list[str] = []
     monkeypatch.setattr(view, "_confirm_accept_above", lambda text: asked.append(text) or True)
     view.set_items(folder)
-    assert view.threshold_spin.value() == pytest.approx(0.9)
+    assert view.threshold_spin.value() == pytest.approx(0.98)
     assert (view.threshold_spin.minimum(), view.threshold_spin.maximum()) == (0.5, 1.0)
     view.threshold_spin.setValue(0.75)
     with qtbot.waitSignal(view.acceptAboveRequested, timeout=1000) as blocker:
@@ -291,27 +291,31 @@ def test_accept_above_says_how_many_and_how_many_wrong(view, qtbot, monkeypatch)
     view.set_items(_accept_above_items())
     view.threshold_spin.setValue(0.9)
     assert view.accept_above_button.toolTip() == ("Confirm the 4 predicted labels with confidence ≥ 0.90; "
-                                                  "about 0 of them are probably wrong")
+                                                  "probably none of them is wrong")
     view.threshold_spin.setValue(0.5)
     assert view.accept_above_button.toolTip() == ("Confirm the 10 predicted labels with confidence ≥ 0.50; "
                                                   "about 2 of them are probably wrong")
     with qtbot.waitSignal(view.acceptAboveRequested, timeout=1000):
         qtbot.mouseClick(view.accept_above_button, Qt.MouseButton.LeftButton)
-    assert asked == ["Confirm 10 labels with confidence ≥ 0.50? About 2 of them are probably wrong."]
+    assert asked == ["Confirm 10 labels with confidence ≥ 0.50? About 2 of them are probably wrong. Wrong ones are "
+                     "then no longer shown for review."]
 
 
 def test_accept_above_refused_emits_nothing(view, qtbot, monkeypatch):
     asked: list[str] = []
     monkeypatch.setattr(view, "_confirm_accept_above", lambda text: asked.append(text) or False)
     view.set_items(_accept_above_items())
+    view.threshold_spin.setValue(0.9)
     with qtbot.assertNotEmitted(view.acceptAboveRequested):
         qtbot.mouseClick(view.accept_above_button, Qt.MouseButton.LeftButton)
-    assert asked == ["Confirm 4 labels with confidence ≥ 0.90? About 0 of them are probably wrong."]
+    assert asked == ["Confirm 4 labels with confidence ≥ 0.90? Probably none of them is wrong. Wrong ones are then "
+                     "no longer shown for review."]
 
 
 def test_accept_above_with_nothing_to_accept_asks_nothing(view, qtbot):
     view.set_items([it for it in _accept_above_items() if it.confidence < 0.9 or it.source == "confirmed"
                     or it.label == UNKNOWN_LABEL])
+    view.threshold_spin.setValue(0.9)
     assert view.accept_above_button.toolTip() == "no predicted labels ≥ 0.90"
     with qtbot.assertNotEmitted(view.acceptAboveRequested):  # the autouse guard fails on a dialog
         qtbot.mouseClick(view.accept_above_button, Qt.MouseButton.LeftButton)
