@@ -10,11 +10,8 @@ value, so a label never sits beside a higher probability for another class.
 """
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,9 +25,8 @@ from .labeling import LabelRecord, LabelRun, Progress, label_paths
 if TYPE_CHECKING:
     from .project import EmbeddingCache
 
-__all__ = ["AcceptPreview", "Estimate", "LabelingSession", "SessionOptions", "REVIEWED_SOURCES"]
+__all__ = ["AcceptPreview", "Estimate", "LabelingSession", "SessionOptions"]
 
-REVIEWED_SOURCES = ("confirmed",)
 _CHUNK = 16384  # rows normalised at a time: bounds the float32 copy of a 100k-image folder
 
 
@@ -105,6 +101,7 @@ class _Fit:
     scale: float
     unknown_floor: float
     reject_knn: int
+    prototypes: torch.Tensor  # (C, D) normalised class means: `similarity` is measured to them
     known: torch.Tensor | None = None  # (M, D) labeled class examples, for the gate
     gate_scale: float = 0.0
     known_labels: torch.Tensor | None = None  # (M,) their classes
@@ -328,7 +325,7 @@ class LabelingSession:
         return self.accept(self.accept_candidates(threshold))
 
     # ------------------------------------------------------------------ the folder model
-    def _labeled(self) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    def _labeled(self) -> tuple[torch.Tensor, list[str], list[str]]:
         """-> centred normalised features (M, D) of every labeled example (support + confirmed), their
         labels (class names or UNKNOWN_LABEL), and the classes in classifier order that have any."""
         z_all = self._normalised()
@@ -367,11 +364,11 @@ class LabelingSession:
         protos = F.normalize(sums / counts[:, None], dim=-1)
         scale = opts.scale
         if opts.temperature == "loo":
-            scale = _loo_scale(zc, yc, sums, counts, rejected, opts)
+            scale = _loo_scale(zc, yc, sums, counts, opts)
         weights, bias = scale * protos, torch.zeros(C)
         if opts.head == "logistic" and C >= 2 and len(yc) >= opts.logistic_min_labels * C:
-            weights, bias = _logistic(z, y, C, weights, rejected, opts, scale)
-        fit = _Fit(classes, weights, bias, rejected, scale, opts.unknown_floor, opts.reject_knn)
+            weights, bias = _logistic(zc, yc, C, weights, opts, scale)
+        fit = _Fit(classes, weights, bias, rejected, scale, opts.unknown_floor, opts.reject_knn, protos)
         fit.known, fit.known_labels, fit.knn_mix = zc, yc, opts.knn_mix
         if opts.unknown == "gate":
             fit.gate_scale = opts.gate_scale
@@ -401,7 +398,7 @@ class LabelingSession:
             for i in range(0, n, _CHUNK):
                 zi = z[i : i + _CHUNK]
                 probs[i : i + _CHUNK] = fit.probabilities(zi)
-                sims[i : i + _CHUNK] = (zi @ F.normalize(fit.weights, dim=-1).T).max(1).values
+                sims[i : i + _CHUNK] = (zi @ fit.prototypes.T).max(1).values
         if self.options.smooth > 0:
             probs = self._smoothed(probs)
         self.probs = probs
@@ -569,8 +566,7 @@ class LabelingSession:
         base = 1 - uncertainty  # least confident first, for everything after the greedy picks
         if graph is None:
             return base
-        idx, val = graph
-        n = len(self.paths)
+        idx, _ = graph
         open_ = self.predicted.clone()
         conf_rows = torch.as_tensor([self.row[p] for p in self.confirmed], dtype=torch.long)
         if len(conf_rows):
@@ -609,7 +605,7 @@ class LabelingSession:
 
 
 def _loo_scale(zc: torch.Tensor, yc: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
-               rejected: torch.Tensor, opts: SessionOptions) -> float:
+               opts: SessionOptions) -> float:
     """Cosine logit scale that minimises leave-one-out NLL on the labeled examples (each scored against
     its own class's prototype without it). Label smoothing 1/(n+2): n right answers don't prove certainty."""
     C = len(counts)
@@ -627,11 +623,10 @@ def _loo_scale(zc: torch.Tensor, yc: torch.Tensor, sums: torch.Tensor, counts: t
     return float(grid[int(nll.argmin())])
 
 
-def _logistic(z: torch.Tensor, y: torch.Tensor, C: int, w0: torch.Tensor, rejected: torch.Tensor,
-              opts: SessionOptions, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear head on the labeled classes, started from (and pulled towards) the prototype weights."""
-    keep = y < C
-    zc, yc = z[keep], y[keep]
+def _logistic(zc: torch.Tensor, yc: torch.Tensor, C: int, w0: torch.Tensor, opts: SessionOptions,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, D) labeled class examples, (M,) their classes -> a linear head (C, D), (C,) started from (and
+    pulled towards) the prototype weights w0."""
     w = w0.clone().requires_grad_(True)
     b = torch.zeros(C, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=opts.logistic_steps, line_search_fn="strong_wolfe")

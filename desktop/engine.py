@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PySide6.QtCore import QObject, Signal
 
 from core import (
@@ -29,11 +28,9 @@ from core import (
     ImageError,
     LabelRecord,
     LabelingSession,
-    Prediction,
     ProjectError,
     SupportRun,
     add_support_tree,
-    UNKNOWN_LABEL,
     class_color,
     class_folders,
     create_default_backbone,
