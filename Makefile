@@ -56,7 +56,8 @@ selftest: install
 test: install
 	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest
 
-# The 10,000-image peak-memory test alone (tests/core/test_memory.py, ~8 min; `make test` runs it too).
+# The peak-memory test alone (tests/core/test_memory.py: 500 and 2,000 images, the bound for 10,000; `make test`
+# runs it too).
 test-memory: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/core/test_memory.py -s
 

@@ -61,11 +61,15 @@ def _application(log_file: Path | None = None):
     from PySide6.QtCore import qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
 
+    from .resources import app_icon
+
     _log_file = log_file
     qInstallMessageHandler(_qt_message)
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setApplicationName("ProtoLabel")
+    app.setApplicationName("ProtoLabel")  # also the X11 window class: resources/protolabel.desktop's StartupWMClass
     app.setOrganizationName("ProtoLabel")
+    app.setDesktopFileName("protolabel")  # Wayland's app id: the desktop entry (and its icon) of the window
+    app.setWindowIcon(app_icon())
     app.setStyle("Fusion")
     return app
 

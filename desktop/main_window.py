@@ -45,6 +45,7 @@ from .class_panel import ClassPanel
 from .engine import Engine, LatestFrame
 from .folder_view import FolderView
 from .live_view import LiveView
+from .resources import app_icon
 from .state import LivePrediction, ModelSnapshot
 from .workers import CameraProbe, SourceRunner
 
@@ -166,6 +167,7 @@ class MainWindow(QMainWindow):
                  settings: QSettings | None = None, open_last: bool = True) -> None:
         super().__init__()
         self.setWindowTitle("ProtoLabel")
+        self.setWindowIcon(app_icon())
         self.resize(1400, 880)
         self.settings = settings or QSettings("ProtoLabel", "ProtoLabel")
         if workspace is None:

@@ -189,10 +189,8 @@ def test_video_close_from_another_thread_ends_a_paced_wait(red_blue):
     src.open()
     src.read()
     threading.Timer(0.1, src.close).start()
-    t0 = time.monotonic()
     count = sum(1 for _ in src.frames())  # the opener owns it: frames() does not close it, close() does
-    assert time.monotonic() - t0 < 1.0
-    assert 0 < count < 10
+    assert 0 < count < 10  # a looping clip at 20 fps: ended by the close after 0.1 s, not by the clip
     assert src.read() is None
 
 
@@ -379,9 +377,10 @@ def test_close_from_another_thread_does_not_wait_for_a_hanging_read():
     reader = threading.Thread(target=lambda: result.append(src.read()))
     reader.start()
     assert started.wait(5)
-    t0 = time.monotonic()
-    src.close()  # the GUI thread: must not block on the read in progress
-    assert time.monotonic() - t0 < 0.5
+    closer = threading.Thread(target=src.close)  # the GUI thread: must not block on the read in progress
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive() and reader.is_alive() and not unblock.is_set()  # returned while the read hangs
     assert cap.released == 0  # the device is still in use by the read
     unblock.set()
     reader.join(5)

@@ -670,27 +670,39 @@ def test_only_painted_cells_request_thumbnails(view, qtbot):
     assert loader.requested <= visible + 1  # + the explanation preview
 
 
-def test_100k_items_set_and_resort_under_a_second(view, qtbot):
-    rng = np.random.default_rng(0)
-    conf = rng.random(100_000)
-    labels = [SHAPE_CLASSES[i % 4] for i in range(100_000)]
-    items = [FolderItem(f"/photos/{i:06d}.jpg", labels[i], float(conf[i]),
-                        source="confirmed" if i % 10 == 0 else "predicted") for i in range(100_000)]
+def _items_for(n: int, tag: str) -> list[FolderItem]:
+    conf = np.random.default_rng(n).random(n)
+    return [FolderItem(f"/photos/{tag}/{i:06d}.jpg", SHAPE_CLASSES[i % 4], float(conf[i]),
+                       source="confirmed" if i % 10 == 0 else "predicted") for i in range(n)]
+
+
+def test_100k_items_set_resort_and_filter_scale_linearly(view, qtbot):
+    """A 100k-image folder costs about 10x a 10k one (sorts and filters are vectorised, nothing per row in
+    Python beyond reading the items): timed in the same test, best of two, with a wide margin (quadratic work
+    would be 100x). The seconds themselves belong to a benchmark, not to a test."""
     view.resize(1280, 800)
     view.show()
     qtbot.waitExposed(view)
-    start = time.perf_counter()
-    view.set_items(items)
-    view.sort_combo.setCurrentText("Most confident first")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"set_items + sort change took {elapsed:.3f} s"
-    assert view.items()[0].confidence == max(it.confidence for it in items if it.source == "predicted")
-    start = time.perf_counter()
-    view.filter_combo.setCurrentText("Class: star")
-    view.set_items(items)  # the engine's update: same paths, new state
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"filter change + set_items took {elapsed:.3f} s"
+
+    def cost(items: list[FolderItem]) -> float:
+        best = float("inf")
+        for _ in range(2):
+            view.sort_combo.setCurrentIndex(0)
+            view.filter_combo.setCurrentIndex(0)
+            start = time.perf_counter()
+            view.set_items(items)
+            view.sort_combo.setCurrentText("Most confident first")
+            view.filter_combo.setCurrentText("Class: star")
+            view.set_items(items)  # the engine's update: same paths, new state
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = _items_for(10_000, "small"), _items_for(100_000, "large")
+    t_small, t_large = cost(small), cost(large)
+    assert t_large < 30 * t_small, f"10k: {t_small:.3f} s, 100k: {t_large:.3f} s"
     assert len(view.items()) == 25_000
+    assert view.items()[0].confidence == max(it.confidence for it in large
+                                             if it.source == "predicted" and it.label == "star")
     qtbot.waitUntil(lambda: view.grid._layout_complete() and view.grid._pending is None, timeout=5000)
 
 

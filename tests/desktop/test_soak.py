@@ -37,7 +37,10 @@ def test_fifty_camera_start_stop_cycles_leave_no_threads(qtbot, make_window):
 
 
 @pytest.mark.slow
-def test_ten_thousand_frames_through_the_live_pipeline_without_memory_growth(qtbot, make_window, tmp_path):
+def test_thousands_of_frames_through_the_live_pipeline_without_memory_growth(qtbot, make_window, tmp_path):
+    """3,300 live predictions; growth measured over the last 2,000, after 1,300 that settle caches, allocator
+    pools and pixmaps: at most 10 KB a frame (10,000 frames once took 7 minutes and left the resident memory
+    unchanged)."""
     from core import VideoFileSource
 
     window = make_window()
@@ -52,11 +55,11 @@ def test_ten_thousand_frames_through_the_live_pipeline_without_memory_growth(qtb
     window.capture("square")
     seen = [0]
     window.engine.livePrediction.connect(lambda p: seen.__setitem__(0, seen[0] + 1))
-    until(qtbot, lambda: seen[0] >= 300, timeout=60_000)  # warm: caches, allocator pools, pixmaps
+    until(qtbot, lambda: seen[0] >= 1_300, timeout=300_000)
     start = rss_mb()
-    until(qtbot, lambda: seen[0] >= 10_300, timeout=1_200_000)
+    until(qtbot, lambda: seen[0] >= 3_300, timeout=600_000)
     growth = rss_mb() - start
-    print(f"10,000 live predictions: RSS {start:.0f} MB -> {start + growth:.0f} MB ({growth:+.0f} MB); "
+    print(f"2,000 live predictions: RSS {start:.0f} MB -> {start + growth:.0f} MB ({growth:+.0f} MB); "
           f"frames dropped by the latest-frame slot: {window.frames.dropped}")
-    assert growth < 100, f"memory grew {growth:.0f} MB over 10,000 frames"
+    assert growth < 20, f"memory grew {growth:.0f} MB over 2,000 frames"
     window.stop_source()
