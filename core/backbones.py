@@ -237,7 +237,7 @@ def _find_user_weights(arch: str, explicit: Path | None, how_to_get: str) -> Pat
 
 
 def _lukemelas_to_timm(sd: dict[str, torch.Tensor], repeats: list[int]) -> dict[str, torch.Tensor]:
-    """Rename lukemelas EfficientNet-PyTorch keys to timm's tf_efficientnet_lite names (NOTES.md).
+    """Rename lukemelas EfficientNet-PyTorch keys to timm's tf_efficientnet_lite names (one to one, same order).
 
     Flat `_blocks.i` -> `blocks.s.j` with stage repeats; block 0 has no expansion conv."""
     flat_to_stage: list[tuple[int, int]] = [(s, j) for s, r in enumerate(repeats) for j in range(r)]

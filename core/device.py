@@ -33,7 +33,7 @@ def select_device(preference: str = "auto") -> torch.device:
 
 
 def configure_threads(reserve: int = 1) -> int:
-    """Leave `reserve` cores for capture and the GUI (NOTES: set before the first op). Returns the count used.
+    """Leave `reserve` cores for capture and the GUI (torch must be told before its first op). Returns the count used.
     PROTOLABEL_THREADS overrides."""
     env = os.environ.get("PROTOLABEL_THREADS")
     n = int(env) if env else max(1, (os.cpu_count() or 1) - reserve)

@@ -183,7 +183,8 @@ def _export_onnx(module: ExportedClassifier, size: int, tmp: Path, meta_text: st
     except ImportError as exc:
         raise RuntimeError("ONNX export needs the onnx package: pip install onnx") from exc
     with torch.no_grad(), warnings.catch_warnings():
-        # The legacy (TorchScript-based) exporter is the one checked (NOTES.md); torch 2.14 flags it deprecated.
+        # The legacy (TorchScript-based) exporter is the one checked against onnxruntime; torch 2.14 flags it
+        # deprecated.
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
         torch.onnx.export(

@@ -16,9 +16,9 @@ On openclipart 5-way 5-shot (40 episodes, lr 1e-3; measured 2026-11-27) this and
 (prototypes from the whole clean support, every augmented example as query) scored alike (74.6% and
 74.3%, from 73.2% without fine-tuning), so only this one is kept.
 
-The learning rate is the most sensitive setting (NOTES.md). With 2+ examples per class it is chosen by
-cross-validation on the support (one example per class as prototype, the rest as validation, lr = 0
-kept unless another one wins); with fewer, "auto" keeps the pre-trained weights.
+The learning rate is the most sensitive setting (P>M>F picks it per domain from a small grid). With 2+
+examples per class it is chosen by cross-validation on the support (one example per class as prototype, the
+rest as validation, lr = 0 kept unless another one wins); with fewer, "auto" keeps the pre-trained weights.
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def write_tree(root: Path, per_class: int, seed: int = 0, classes=SHAPE_CLASSES,
 
 
 def write_video(path: Path, kinds: Sequence[str], frames_each: int = 10, fps: int = 10, seed: int = 0) -> Path:
-    """An MJPG .avi (a camera stand-in, NOTES.md) showing each kind in turn; 160x160 frames."""
+    """An MJPG .avi (a camera stand-in: OpenCV reads it like a device) showing each kind in turn; 160x160 frames."""
     rng = np.random.default_rng(seed)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (160, 160))
     for kind in kinds:
