@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .embedding import Embedder
 from .finetune import FinetuneProgress, FinetuneResult, adapted_tail, finetune_tail
 from .images import resize_for_model
-from .methods import DEFAULT_SCALE, class_means, create_method
+from .methods import DEFAULT_SCALE, class_means, create_method, fit_logit_scale
 
 __all__ = ["FewShotClassifier", "Prediction", "Example", "StateError", "STATE_FORMAT_VERSION", "UNKNOWN_LABEL"]
 
@@ -283,14 +283,7 @@ class FewShotClassifier:
             cos = normed @ F.normalize(method.prototypes, dim=-1).T  # (N, C)
             own_proto = (nsums[labels] - normed) / (own - 1).clamp(min=1)[:, None]
             cos[torch.arange(len(feats)), labels] = F.cosine_similarity(normed, own_proto, dim=-1)
-            cos, target = cos[held], labels[held]
-            grid = torch.logspace(0, 2.3, 40)
-            # Label smoothing 1/(n+2) (Laplace's rule of succession): n held-out examples all right do not
-            # justify certainty; without it a separable support drove the scale to the grid's end and every
-            # prediction read 99-100%, which made "least confident first" useless (desktop screenshots).
-            smooth = 1.0 / (len(target) + 2)
-            nll = torch.stack([F.cross_entropy(t * cos, target, label_smoothing=smooth) for t in grid])
-            cal.scale = float(grid[int(nll.argmin())])
+            cal.scale = fit_logit_scale(cos[held], labels[held])
         # Per-class threshold: a low percentile of held-out similarities; fallback for small classes.
         small_fallback = DEFAULT_UNKNOWN_SIMILARITY
         for c, name in enumerate(used):

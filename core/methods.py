@@ -20,6 +20,7 @@ __all__ = [
     "class_means",
     "cosine_logits",
     "create_method",
+    "fit_logit_scale",
     "register_method",
 ]
 
@@ -37,6 +38,18 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, n_classes: int) ->
 def cosine_logits(query: torch.Tensor, prototypes: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
     """(Q, D), (C, D) -> (Q, C) scaled cosine similarities."""
     return scale * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
+
+
+def fit_logit_scale(cos: torch.Tensor, target: torch.Tensor) -> float:
+    """(N, C) held-out cosines, (N,) their classes -> the logit scale (1 to 200, log grid) with the least NLL.
+
+    Label smoothing 1/(n+2) (Laplace's rule of succession): n held-out examples all right do not justify
+    certainty; without it a separable support drove the scale to the grid's end and every prediction read
+    99-100%, which made "least confident first" useless (desktop screenshots)."""
+    grid = torch.logspace(0, 2.3, 40)
+    smooth = 1.0 / (len(target) + 2)
+    nll = torch.stack([F.cross_entropy(t * cos, target, label_smoothing=smooth) for t in grid])
+    return float(grid[int(nll.argmin())])
 
 
 class FewShotMethod(nn.Module):

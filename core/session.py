@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .classifier import UNKNOWN_LABEL, FewShotClassifier, Prediction
 from .embedding import CancelToken
 from .labeling import LabelRecord, LabelRun, Progress, label_paths
+from .methods import fit_logit_scale
 
 if TYPE_CHECKING:
     from .project import EmbeddingCache
@@ -173,7 +174,6 @@ class LabelingSession:
         self._priority: torch.Tensor | None = None  # of the current predictions
         self._z: torch.Tensor | None = None  # centred normalised features (float32), rebuilt when features change
         self._center: torch.Tensor | None = None
-        self._fit: _Fit | None = None
         self._knn: tuple | None = None
         self._rng = np.random.default_rng(0)
 
@@ -293,11 +293,6 @@ class LabelingSession:
             self._label_version += 1
         return took
 
-    def unconfirm(self, paths: Sequence[str]) -> None:
-        for p in paths:
-            self.confirmed.pop(p, None)
-        self._label_version += 1
-
     def rename_class(self, old: str, new: str) -> None:
         self.confirmed = {p: (new if c == old else c) for p, c in self.confirmed.items()}
         self._label_version += 1
@@ -383,7 +378,6 @@ class LabelingSession:
         self._predicted_version = version
         self._priority = None
         fit = self._fit_model()
-        self._fit = fit
         n = len(self.paths)
         if fit is None:
             self.classes = []
@@ -459,10 +453,6 @@ class LabelingSession:
         names = [(self._column_name(int(j)), float(v)) for v, j in zip(top_p, top_i)]
         best_class = self.classes[int(p[:-1].argmax())] if len(self.classes) else None
         return Prediction(names[0][0], names[0][1], names, float(self.similarity[i]), best_class)
-
-    def predictions(self, topk: int = 3) -> dict[str, Prediction]:
-        """path -> Prediction for every predicted image (confirmed ones too: the model's view of them)."""
-        return {self.paths[i]: self._prediction_of_row(i, topk) for i in self.predicted.nonzero().flatten().tolist()}
 
     def shown(self, topk: int = 3) -> list[tuple[str, str, float, float, list[tuple[str, float]], float]]:
         """Every row as the grid shows it, computed in bulk (a 100k-image folder in well under a second):
@@ -599,15 +589,10 @@ class LabelingSession:
         return Estimate(len(rows), float(self.probs[rows].max(1).values.sum()))
 
 
-    def counts(self) -> dict[str, int]:
-        return {"images": len(self.paths), "embedded": int(self.embedded.sum()), "confirmed": len(self.confirmed),
-                "skipped": len(self.skipped)}
-
-
 def _loo_scale(zc: torch.Tensor, yc: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
                opts: SessionOptions) -> float:
     """Cosine logit scale that minimises leave-one-out NLL on the labeled examples (each scored against
-    its own class's prototype without it). Label smoothing 1/(n+2): n right answers don't prove certainty."""
+    its own class's prototype without it)."""
     C = len(counts)
     own = counts[yc]
     held = own >= 2
@@ -616,11 +601,7 @@ def _loo_scale(zc: torch.Tensor, yc: torch.Tensor, sums: torch.Tensor, counts: t
     cos = zc @ F.normalize(sums, dim=-1).T
     loo = F.normalize(sums[yc] - zc, dim=-1)
     cos[torch.arange(len(zc)), yc] = (zc * loo).sum(1)
-    cos, target = cos[held], yc[held]
-    grid = torch.logspace(0, 2.3, 40)
-    smooth = 1.0 / (len(target) + 2)
-    nll = torch.stack([F.cross_entropy(t * cos, target, label_smoothing=smooth) for t in grid])
-    return float(grid[int(nll.argmin())])
+    return fit_logit_scale(cos[held], yc[held])
 
 
 def _logistic(zc: torch.Tensor, yc: torch.Tensor, C: int, w0: torch.Tensor, opts: SessionOptions,

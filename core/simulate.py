@@ -138,11 +138,16 @@ def _run_trial(table: FeatureTable, embedder: Embedder, rng: np.random.Generator
 
     round_seconds, estimate_errors = [], []
     false_unknown = caught_unknown = None
-    t0 = time.perf_counter()
-    session.predict()
-    shown = session.review_order(batch)
-    estimate = session.estimate()
-    round_seconds.append(time.perf_counter() - t0)
+
+    def show_round():
+        """What the grid shows after a change: predictions, the first `batch` to review, the estimate (timed)."""
+        t0 = time.perf_counter()
+        session.predict()
+        shown, estimate = session.review_order(batch), session.estimate()
+        round_seconds.append(time.perf_counter() - t0)
+        return shown, estimate
+
+    shown, estimate = show_round()
     correct = right()
     start_accuracy = 100.0 * correct / n
     record(correct)
@@ -164,11 +169,7 @@ def _run_trial(table: FeatureTable, embedder: Embedder, rng: np.random.Generator
             actions += 1
             record(correct)
         rounds += 1
-        t0 = time.perf_counter()
-        session.predict()
-        shown = session.review_order(batch)
-        estimate = session.estimate()
-        round_seconds.append(time.perf_counter() - t0)
+        shown, estimate = show_round()
         correct = right()
         record(correct)
         if rounds == 1:

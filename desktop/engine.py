@@ -668,7 +668,8 @@ class Engine(QObject):
         if f is None:
             return ""
         took = f.reject(paths)
-        for e in [e for e in self.classifier.examples.values() if e.source in set(took)]:
+        rejected = set(took)
+        for e in [e for e in self.classifier.examples.values() if e.source in rejected]:
             self.classifier.remove_example(e.id)  # an example of a class that the person now says it is not
         self._store_confirmed(took)
         self._refresh_folder()

@@ -53,6 +53,24 @@ def _until(qtbot, condition, timeout: int = 5_000) -> None:
     qtbot.waitUntil(lambda: bool(condition()), timeout=timeout)
 
 
+def _reopen(qtbot, embedder, project: Path, workspace: Path) -> tuple[Engine, dict]:
+    """A second engine (a restarted app) that has opened `project` -> (the engine, its folder items by path).
+    The caller shuts it down."""
+    other = Engine(lambda: embedder, LatestFrame(), workspace)
+    folder_events, done = [], []
+    other.folderChanged.connect(folder_events.append)
+    other.jobFinished.connect(lambda job, text: done.append(job))
+    with qtbot.waitSignal(other.ready, timeout=30_000):
+        other.start()
+    try:
+        other.open_project(str(project))
+        _until(qtbot, lambda: "open project" in done, timeout=60_000)
+    except BaseException:
+        other.shutdown()  # no engine thread left behind by a failed open
+        raise
+    return other, {it.path: it for it in folder_events[-1]}
+
+
 def _finish(qtbot, engine, job: str, timeout: int = 60_000) -> str:
     _until(qtbot, lambda: any(j == job for j, _ in engine.events["done"]), timeout=timeout)
     text = [t for j, t in engine.events["done"] if j == job][-1]
@@ -153,17 +171,8 @@ def test_label_folder_correct_accept_export_and_reopen(qtbot, engine, tmp_path, 
     assert (project / "project.json").is_file() and (project / "labels.sqlite").is_file()
 
     # A second engine (a restarted app) opens it: classes, examples, confirmed labels come back.
-    frames2 = LatestFrame()
-    other = Engine(lambda: embedder, frames2, tmp_path / "ws2")
-    folder_events, done = [], []
-    other.folderChanged.connect(folder_events.append)
-    other.jobFinished.connect(lambda job, text: done.append(job))
-    with qtbot.waitSignal(other.ready, timeout=30_000):
-        other.start()
+    other, reopened = _reopen(qtbot, embedder, project, tmp_path / "ws2")
     try:
-        other.open_project(str(project))
-        _until(qtbot, lambda: "open project" in done, timeout=60_000)
-        reopened = {it.path: it for it in folder_events[-1]}
         assert (reopened[target.path].label, reopened[target.path].source) == ("square", "confirmed")
         assert sum(it.source == "confirmed" for it in reopened.values()) == len(confirmed)
         assert other.classifier.classes == ["circle", "square", "triangle"]
@@ -421,16 +430,8 @@ def test_none_of_these_classes_round_trips_through_a_saved_project(qtbot, engine
     engine.save_project(str(project))
     _finish(qtbot, engine, "save")
 
-    other = Engine(lambda: embedder, LatestFrame(), tmp_path / "ws2")
-    folder_events, done = [], []
-    other.folderChanged.connect(folder_events.append)
-    other.jobFinished.connect(lambda job, text: done.append(job))
-    with qtbot.waitSignal(other.ready, timeout=30_000):
-        other.start()
+    other, reopened = _reopen(qtbot, embedder, project, tmp_path / "ws2")
     try:
-        other.open_project(str(project))
-        _until(qtbot, lambda: "open project" in done, timeout=60_000)
-        reopened = {it.path: it for it in folder_events[-1]}
         assert all((reopened[p].label, reopened[p].source) == ("unknown", "confirmed") for p in triangles[:2])
         assert reopened[triangles[2]].label == "unknown"
         assert other.classifier.classes == ["circle", "square"]
