@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENCLIPART := /usr/share/openclipart/png
 
-.PHONY: install qt-libs run demo selftest test test-memory test-fast bench bench-resolution openclipart clean
+.PHONY: install qt-libs test-tools run demo selftest test test-memory test-fast bench bench-resolution openclipart clean
 
 # PyPI's Linux torch brings ~4.5 GB of CUDA libraries (the venv: ~6.3 GB). DEV_TORCH=auto (default) installs
 # it when there is room, but with less than $(DEV_TORCH_MIN_MB) MB free takes the CPU-only wheel instead, where
@@ -30,12 +30,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) qt-libs
 
-# Qt needs a few system libraries even offscreen (EGL, fontconfig, xkbcommon); Debian slim images lack some.
-QT_LIBS := libegl1 libgl1 libfontconfig1 libxkbcommon0 libdbus-1-3 libglib2.0-0
+# The system libraries Qt's platform plugins link: offscreen (slim images lack EGL, fontconfig, xkbcommon), xcb
+# (an X11 desktop; Qt >= 6.5 needs libxcb-cursor0, which many lack) and Wayland. desktop/startup.py keeps the
+# list (the window's own message names the same packages) and finds, with ldd, what the plugins lack here.
 qt-libs: $(STAMP)
-	@QT_QPA_PLATFORM=offscreen $(PY) -c 'from PySide6.QtWidgets import QApplication; QApplication([])' 2>/dev/null || { \
-	  echo "installing the system libraries Qt needs: $(QT_LIBS)"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(QT_LIBS); }
+	@missing="$$($(PY) desktop/startup.py --missing)"; \
+	if [ -z "$$missing" ] && QT_QPA_PLATFORM=offscreen $(PY) -c 'from PySide6.QtWidgets import QApplication; QApplication([])' 2>/dev/null; \
+	then exit 0; fi; \
+	packages="$$($(PY) desktop/startup.py --packages)"; \
+	echo "Qt's platform plugins lack system libraries ($${missing:-offscreen does not start}); installing: $$packages"; \
+	command -v apt-get >/dev/null || { echo "*** no apt-get here: install your system's packages of those"; exit 0; }; \
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$packages; \
+	missing="$$($(PY) desktop/startup.py --missing)"; [ -z "$$missing" ] || { echo "*** still missing: $$missing"; exit 1; }
+
+# What the tests that start a real X server and install the .deb use (tests/xvfb.py, tests/test_dist.py).
+TEST_TOOLS := Xvfb:xvfb xwininfo:x11-utils xprop:x11-utils desktop-file-validate:desktop-file-utils
+test-tools:
+	@packages="$$(for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done | sort -u)"; \
+	[ -z "$$packages" ] || { echo "installing for the tests: $$packages"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$packages; }
 
 # Public-domain clip art used by the demo and the accuracy table (Debian/Ubuntu package, ~160 MB).
 openclipart:
@@ -52,9 +65,18 @@ demo: install openclipart
 selftest: install
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/protolabel --selftest
 
-# Includes tests/test_dist.py, which builds the PyInstaller bundle (`make dist`) when it is out of date.
-test: install
-	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+# Includes tests/test_dist.py, which runs the PyInstaller bundle and the .deb. They are built (when older than
+# their inputs) in the background from the start, mostly on one core, while two pytest-xdist workers run the
+# tests, slow ones first (tests/conftest.py); test_dist.py's fixtures wait for that build (build/package.lock).
+# The bundle's build environment (build/dist-venv) is installed before, with the rest of the install.
+TEST_WORKERS ?= 2
+test: install test-tools dist-env
+	@mkdir -p build; \
+	if [ "$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}')" -ge 6 ]; then \
+	  echo "building the bundle and the .deb in the background (log: build/package.log)"; \
+	  flock build/package.lock $(MAKE) --no-print-directory deb > build/package.log 2>&1 & fi; \
+	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal; \
+	status=$$?; wait; exit $$status
 
 # The peak-memory test alone (tests/core/test_memory.py: 500 and 2,000 images, the bound for 10,000; `make test`
 # runs it too).
@@ -72,7 +94,7 @@ bench-resolution: install openclipart
 	$(PY) bench/resolution.py
 
 # ------------------------------------------------------------------ installers (README "Installers")
-.PHONY: dist dist-env dist-qt-libs dist-archive test-dist
+.PHONY: dist dist-env dist-qt-libs dist-archive deb test-dist
 # `make dist` builds dist/ProtoLabel/, a folder to zip: dist/ProtoLabel/ProtoLabel opens the window.
 # TORCH=cpu (default): built in its own venv, build/dist-venv, with a CPU-only torch (PyPI's Linux torch
 # carries ~3 GB of CUDA libraries). Found as TORCH_CPU_WHEEL (default: the wheel in /opt/wheels, where there is
@@ -131,15 +153,14 @@ else
 	  rm -rf $(DIST_VENV); $(MAKE) --no-print-directory dist-env TORCH=cuda; fi
 endif
 
-# Qt's xcb plugin links these; PyInstaller bundles the ones the build machine has, so they are installed here
-# and the folder runs on desktops without them (Qt >= 6.5 needs libxcb-cursor0, which many lack).
-DIST_QT_LIBS := libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
-                libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxkbcommon-x11-0
+# Qt's platform plugins link these; PyInstaller bundles the ones the build machine has, so they are installed here
+# and the folder runs on desktops without them (the list: desktop/startup.py, stdlib only, any python runs it).
+DIST_QT_LIBS = $(shell $(PYTHON) desktop/startup.py --packages xcb wayland)
 dist-qt-libs:
 	@command -v dpkg-query >/dev/null || { echo "no dpkg: the bundle carries what this machine has of $(DIST_QT_LIBS)"; exit 0; }; \
 	if dpkg-query -W -f='$${db:Status-Status}\n' $(DIST_QT_LIBS) 2>/dev/null | grep -qvx installed \
 	   || ! dpkg-query -W $(DIST_QT_LIBS) >/dev/null 2>&1; then \
-	  echo "installing the libraries Qt's xcb plugin links, to bundle them: $(DIST_QT_LIBS)"; \
+	  echo "installing the libraries Qt's platform plugins link, to bundle them: $(DIST_QT_LIBS)"; \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(DIST_QT_LIBS); } \
 	  || echo "*** could not install them: the bundle will need them on the user's machine"; fi
 
@@ -162,8 +183,18 @@ $(DIST_ARCHIVE): $(DIST_APP)
 	tar -C dist -czf $@ ProtoLabel
 	@ls -l $@
 
-# Builds the bundle when it is older than the sources, then runs it (tests/test_dist.py).
-test-dist: install dist
+# The Debian/Ubuntu package of the bundle (tools/make_deb.py): /opt/protolabel, `protolabel` on PATH, the menu
+# entry and icons. DEB_COMPRESS: dpkg-deb's compressor[:level]. zstd needs a dpkg of Debian 12 or Ubuntu 21.10 on,
+# older than the glibc 2.36 the bundle needs anyway; it packs in a fifth of gzip -6's time, and smaller.
+DEB_COMPRESS ?= zstd:3
+DEB := dist/protolabel_$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)_$(shell dpkg --print-architecture 2>/dev/null || echo amd64).deb
+deb: $(DEB)
+$(DEB): $(DIST_APP) tools/make_deb.py
+	$(PYTHON) tools/make_deb.py --bundle dist/ProtoLabel --out dist --compress $(DEB_COMPRESS)
+
+# Builds the bundle and the .deb when older than the sources, then runs them (tests/test_dist.py; as root it also
+# installs the package and removes it again).
+test-dist: install test-tools deb
 	PROTOLABEL_TEST_DIST=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/test_dist.py
 
 clean:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -163,12 +163,20 @@ class TaskBar(QWidget):
 class MainWindow(QMainWindow):
     """ProtoLabel's window. make_embedder, workspace and settings are injectable (tests, selftest)."""
 
+    def _fit_to_screen(self, width: int, height: int) -> None:
+        """That size, or less where the screen is smaller (a 1366 x 768 laptop): the whole window on screen."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is not None:
+            room = screen.availableGeometry()
+            width, height = min(width, int(room.width() * 0.95)), min(height, int(room.height() * 0.9))
+        self.resize(width, height)
+
     def __init__(self, make_embedder: Callable[[], Embedder] = default_embedder, workspace: str | Path | None = None,
                  settings: QSettings | None = None, open_last: bool = True) -> None:
         super().__init__()
         self.setWindowTitle("ProtoLabel")
         self.setWindowIcon(app_icon())
-        self.resize(1400, 880)
+        self._fit_to_screen(1400, 880)
         self.settings = settings or QSettings("ProtoLabel", "ProtoLabel")
         if workspace is None:
             workspace = Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "unsaved"

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +41,45 @@ EXIT_NO_MODEL = 4
 LOG_NAME = "protolabel.log"
 LOG_LIMIT = 1_000_000  # bytes; an older log is cut to its last half
 
-# What Qt's xcb plugin needs beyond libc and X11 (Qt 6 docs, "Qt for X11 Requirements"); the first is the
-# one most desktops lack.
-XCB_PACKAGES = ("libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 "
-                "libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libegl1 "
-                "libfontconfig1 libdbus-1-3")
+# The Debian/Ubuntu packages of the system libraries Qt's platform plugins link (beyond libc and X11 itself; Qt 6
+# docs, "Qt for X11 Requirements", and the plugins' own links). Slim images lack even the offscreen ones; many
+# desktops lack libxcb-cursor0, which Qt >= 6.5's xcb plugin needs. `make qt-libs` installs them all.
+SYSTEM_PACKAGES = {
+    "offscreen": ("libegl1", "libgl1", "libfontconfig1", "libxkbcommon0", "libdbus-1-3", "libglib2.0-0"),
+    "xcb": ("libxcb-cursor0", "libxcb-icccm4", "libxcb-image0", "libxcb-keysyms1", "libxcb-randr0",
+            "libxcb-render-util0", "libxcb-shape0", "libxcb-xfixes0", "libxcb-xinerama0", "libxcb-xkb1",
+            "libxkbcommon-x11-0", "libx11-xcb1"),
+    "wayland": ("libwayland-client0", "libwayland-cursor0", "libwayland-egl1"),
+}
+DIALOG_WIDTH = 78  # characters: xmessage, the last resort, does not wrap at all
+
+
+def system_packages(plugins: Sequence[str] = tuple(SYSTEM_PACKAGES)) -> list[str]:
+    """What to apt-get install for these plugins (the offscreen libraries are under every plugin)."""
+    names = ["offscreen", *plugins]
+    return list(dict.fromkeys(package for name in names for package in SYSTEM_PACKAGES.get(name, ())))
+
+
+def install_command(plugins: Sequence[str]) -> str:
+    """The apt-get line, broken into lines of at most DIALOG_WIDTH with the shell's continuation (it still
+    pastes into a terminal as one command)."""
+    lines, line = [], "    sudo apt-get install"
+    for package in system_packages(plugins):
+        if len(line) + 1 + len(package) + 2 > DIALOG_WIDTH:
+            lines.append(line + " \\")
+            line = "        " + package
+        else:
+            line += " " + package
+    return "\n".join([*lines, line])
+
+
+def wrap(text: str, width: int = DIALOG_WIDTH) -> str:
+    """Prose lines wrapped at width; indented lines (commands, paths) are kept as they are."""
+    import textwrap
+
+    return "\n".join(line if not line.strip() or line.startswith(" ") else
+                     textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False)
+                     for line in text.splitlines())
 
 
 def is_frozen() -> bool:
@@ -219,11 +254,11 @@ def report(title: str, text: str, log_file: Path | None = None, dialog: bool = T
 
                 app = QApplication.instance()
                 if app is not None:
-                    QMessageBox.critical(None, f"ProtoLabel: {title}", full)
+                    QMessageBox.critical(None, f"ProtoLabel: {title}", wrap(full))
             except ImportError:
                 pass
         if app is None:
-            _desktop_dialog(f"ProtoLabel: {title}", full)
+            _desktop_dialog(f"ProtoLabel: {title}", wrap(full))
     return log
 
 
@@ -291,6 +326,17 @@ def _load_failure(plugin: Path) -> tuple[list[str], str]:
     return missing, error
 
 
+def missing_libraries(plugins: Sequence[str] = ("xcb", "wayland")) -> dict[str, list[str]]:
+    """The system libraries each of these platform plugins needs and can't find here (those found; ldd)."""
+    dirs = [d for d in _plugin_dirs() if d.is_dir()]
+    missing = {}
+    for name in plugins:
+        found = [f for d in dirs if (f := _plugin_file(d, name)).is_file()]
+        if found and (libraries := _load_failure(found[0])[0]):
+            missing[name] = libraries
+    return missing
+
+
 def platform_diagnosis() -> str:
     """What stops Qt's platform plugin from loading on this machine, as advice; "" when nothing is seen."""
     names = _platform_candidates()
@@ -311,10 +357,10 @@ def platform_diagnosis() -> str:
             continue
         missing, error = _load_failure(found[0])
         if missing:
-            text = (f'Qt\'s platform plugin "{name}" ({found[0]}) needs system libraries this machine lacks: '
-                    f"{', '.join(missing)}.")
-            if name == "xcb" and sys.platform.startswith("linux"):
-                text += f" On Debian or Ubuntu: sudo apt install {XCB_PACKAGES}"
+            text = (f'Qt\'s platform plugin "{name}" can\'t load: this machine lacks the system libraries it '
+                    f"needs: {', '.join(missing)}.\n    (the plugin: {found[0]})")
+            if name in SYSTEM_PACKAGES and sys.platform.startswith("linux"):
+                text += "\nOn Debian or Ubuntu, install them with:\n" + install_command([name])
             advice.append(text)
             continue
         if error:
@@ -362,3 +408,12 @@ def missing_model() -> str:
     except WeightsNotFoundError as exc:
         return f"The default model's weights are missing: {exc}. {_reinstall_hint()}"
     return ""
+
+
+if __name__ == "__main__":  # for the Makefile (`make qt-libs`, `make dist`): stdlib only, no package imports
+    if sys.argv[1:2] == ["--packages"]:  # what to apt-get install for the plugins named (default: all)
+        print(" ".join(system_packages(sys.argv[2:] or tuple(SYSTEM_PACKAGES))))
+    elif sys.argv[1:2] == ["--missing"]:  # the libraries the xcb and Wayland plugins lack here, if any
+        print("; ".join(f"{name}: {', '.join(libs)}" for name, libs in missing_libraries().items()))
+    else:
+        sys.exit("usage: python desktop/startup.py --packages [PLUGIN ...] | --missing")

@@ -85,15 +85,16 @@ def test_a_tiny_run_raises_held_out_accuracy(glyphs, tmp_path, embedder, cache):
 
 
 def test_resume_continues_where_it_stopped(glyphs, tmp_path, embedder, cache):
-    whole = _run(glyphs, tmp_path / "whole.safetensors", embedder, cache, episodes=80)
-    first = _run(glyphs, tmp_path / "parts.safetensors", embedder, cache, episodes=40)
-    assert [h["episode"] for h in first.history] == [40]
-    rest = _run(glyphs, tmp_path / "parts.safetensors", embedder, cache, episodes=80, resume=True)
-    assert [h["episode"] for h in rest.history] == [40, 80]
+    small = {"val_every": 20, "val_episodes": 20}
+    whole = _run(glyphs, tmp_path / "whole.safetensors", embedder, cache, episodes=40, **small)
+    first = _run(glyphs, tmp_path / "parts.safetensors", embedder, cache, episodes=20, **small)
+    assert [h["episode"] for h in first.history] == [20]
+    rest = _run(glyphs, tmp_path / "parts.safetensors", embedder, cache, episodes=40, resume=True, **small)
+    assert [h["episode"] for h in rest.history] == [20, 40]
     # Same sampler and augmentation streams, same optimiser state: the same numbers as one run.
     assert [h["val_acc"] for h in rest.history] == pytest.approx([h["val_acc"] for h in whole.history], abs=1e-6)
     with pytest.raises(ValueError, match="same data, split and settings"):
-        _run(glyphs, tmp_path / "parts.safetensors", embedder, cache, episodes=80, resume=True, seed=1)
+        _run(glyphs, tmp_path / "parts.safetensors", embedder, cache, episodes=40, resume=True, seed=1, **small)
     with pytest.raises(ValueError, match="nothing to resume"):
         _run(glyphs, tmp_path / "never.safetensors", embedder, cache, resume=True)
 

@@ -241,18 +241,57 @@ def test_diagnosis_names_the_missing_system_library(monkeypatch, plugin_needing_
     monkeypatch.setenv("QT_QPA_PLATFORM_PLUGIN_PATH", str(plugin_needing_a_missing_library))
     monkeypatch.setenv("QT_QPA_PLATFORM", "broken")
     text = startup.platform_diagnosis()
-    assert 'plugin "broken"' in text and "needs system libraries this machine lacks: libprotolabel-gone.so" in text
+    assert 'plugin "broken"' in text and "lacks the system libraries it needs: libprotolabel-gone.so" in text
 
 
 LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the xcb plugin is Linux's")
 
 
+@pytest.fixture
+def xcb_plugin_lacking_libxcb_cursor(tmp_path) -> Path:
+    """A copy of Qt's own xcb plugin that links libxcb-cursoX.so.0 where the real one links libxcb-cursor.so.0:
+    what a desktop without libxcb-cursor0 sees (the name is patched in place, same length; no compiler needed).
+    Its RUNPATH ($ORIGIN/../../lib) finds Qt's libraries through a link, as beside the real one."""
+    from PySide6.QtCore import QLibraryInfo
+
+    plugins = Path(QLibraryInfo.path(QLibraryInfo.LibraryPath.PluginsPath))
+    real = plugins / "platforms" / "libqxcb.so"
+    if not real.is_file():
+        pytest.skip(f"no xcb plugin at {real}")
+    data = real.read_bytes()
+    assert b"libxcb-cursor.so.0\0" in data
+    platforms = tmp_path / "plugins" / "platforms"
+    platforms.mkdir(parents=True)
+    (platforms / "libqxcb.so").write_bytes(data.replace(b"libxcb-cursor.so.0\0", b"libxcb-cursoX.so.0\0"))
+    (tmp_path / "lib").symlink_to(plugins.parent / "lib")
+    return platforms
+
+
 @LINUX_ONLY
-def test_diagnosis_of_xcb_lists_the_packages(monkeypatch):
+def test_missing_xcb_libraries_are_named_with_the_command_in_full(monkeypatch, xcb_plugin_lacking_libxcb_cursor):
+    monkeypatch.setenv("QT_QPA_PLATFORM_PLUGIN_PATH", str(xcb_plugin_lacking_libxcb_cursor))
     monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
-    monkeypatch.setattr(startup, "_load_failure", lambda plugin: (["libxcb-icccm.so.4"], "cannot open"))
+    assert startup.missing_libraries(["xcb"]) == {"xcb": ["libxcb-cursoX.so.0"]}
     text = startup.platform_diagnosis()
-    assert "libxcb-icccm.so.4" in text and "sudo apt install libxcb-cursor0" in text
+    assert "lacks the system libraries it needs: libxcb-cursoX.so.0." in text
+    # the whole command, one package after another, continued with backslashes: it pastes as one line
+    command = text[text.index("sudo apt-get install"):].replace("\\\n", " ")
+    assert command.split()[3:] == startup.system_packages(["xcb"])
+    assert "libxcb-cursor0" in command and "libegl1" in command
+    shown = startup.wrap(text)  # what a dialog shows
+    assert max(len(line) for line in shown.splitlines() if "(the plugin:" not in line) <= startup.DIALOG_WIDTH
+    assert shown.replace("\n", " ").split() == text.replace("\n", " ").split()  # nothing lost to the wrapping
+
+
+def test_dialogs_get_wrapped_text(monkeypatch, tmp_path):
+    """xmessage, the last resort on a bare X desktop, shows one line as one line: the text comes wrapped."""
+    shown = []
+    monkeypatch.setattr(startup, "_desktop_dialog", lambda title, text: shown.append(text))
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    long_line = "word " * 60
+    startup.report("a title", long_line + "\n    sudo apt-get install something", tmp_path / "log", qt_dialog=False)
+    assert shown and max(len(line) for line in shown[0].splitlines()) <= startup.DIALOG_WIDTH
+    assert "    sudo apt-get install something" in shown[0].splitlines()
 
 
 @LINUX_ONLY
