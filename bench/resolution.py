@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (bench/run.py: the test images, GuiLive, bare_forward, machine_info)
 
 import core  # noqa: E402
-from core.evaluation import FeatureTable, build_feature_table, evaluate  # noqa: E402
+from core.evaluation import build_feature_table, evaluate  # noqa: E402
+from core.runs import finish  # noqa: E402
 
 DEFAULT_ROOT = Path("/usr/share/openclipart/png")
 
@@ -42,19 +43,16 @@ def embedder_at(size: int, device: str) -> core.Embedder:
 
 
 def accuracy(embedder: core.Embedder, root: Path, episodes: int) -> dict:
-    table, logged = None, 0
-    for item in build_feature_table(root, embedder):
-        if isinstance(item, FeatureTable):
-            table = item
-        elif item.done - logged >= 1000:
+    logged = 0
+
+    def log(item) -> None:
+        nonlocal logged
+        if item.done - logged >= 1000:
             logged = item.done
             bench.log(f"  embedding {item.done}/{item.total}")
-    assert table is not None
-    results = None
-    for item in evaluate(table, 5, (1, 5), 15, episodes, seed=0):
-        if isinstance(item, dict):
-            results = item
-    assert results is not None
+
+    table = finish(build_feature_table(root, embedder), log)
+    results = finish(evaluate(table, 5, (1, 5), 15, episodes, seed=0))
     return {"classes": len(table.class_names), "images": len(table.paths),
             **{f"5way{shot}shot": r.to_dict() for shot, r in results.items()}}
 

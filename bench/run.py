@@ -37,11 +37,16 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/, not the repo root, on sys.path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app (desktop.app.main): before torch loads
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import core  # noqa: E402
+from core.device import keep_freed_memory  # noqa: E402
+from core.runs import finish  # noqa: E402
+
+keep_freed_memory()
 from core.device import autocast, peak_memory_mb  # noqa: E402
 FIXED_LR = 3e-4  # times the final phase on all 25 examples (auto may keep lr 0 and train nothing)
 
@@ -285,10 +290,9 @@ def bench_prototype_update(clf: core.FewShotClassifier, data: TestData, s: Setti
 def adapt_once(embedder: core.Embedder, data: TestData) -> core.Prediction:
     """New classifier, 25 files decoded + embedded through add_support_tree, one query file predicted."""
     clf = core.FewShotClassifier(embedder)
-    run = None
-    for item in core.add_support_tree(clf, data.support_tree):
-        run = item
-    assert isinstance(run, core.SupportRun) and sum(run.added.values()) == len(CLASSES) * SHOTS, run
+    run = finish(core.add_support_tree(clf, data.support_tree))
+    if sum(run.added.values()) != len(CLASSES) * SHOTS:
+        raise RuntimeError(f"the test images did not all load: {run}")
     return clf.predict([core.load_image(data.query_file)])[0]
 
 
@@ -595,10 +599,9 @@ def bench_live_gui(embedder: core.Embedder, data: TestData, tmp: Path, s: Settin
 
 def label_folder(clf: core.FewShotClassifier, paths: list[Path], csv_path: Path) -> core.LabelRun:
     """label_paths over the files, then write_labels_csv: what `protolabel label` does."""
-    run = None
-    for item in core.label_paths(clf, paths):
-        run = item
-    assert isinstance(run, core.LabelRun) and not run.skipped, run
+    run = finish(core.label_paths(clf, paths))
+    if run.skipped:
+        raise RuntimeError(f"the test images did not all load: {run.skipped}")
     core.write_labels_csv(run.records, csv_path)
     return run
 

@@ -1,18 +1,13 @@
-"""ProtoLabel's engine: few-shot image classification without Qt. The GUI and the CLI use what is exported here."""
-import os as _os
+"""ProtoLabel's engine: few-shot image classification without Qt. The GUI and the CLI use what is exported here.
 
-# Idle OpenMP threads sleep instead of spinning: beside a camera thread, a GUI or other programs on a
-# 2-core machine, spinning made a batch-1 forward 3-30x slower (bench, 2-core VM under load, 2026-11-27). Set before
-# torch is first imported; an explicit OMP_WAIT_POLICY wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+Importing it sets nothing process-wide (environment, allocator): ProtoLabel's programs do that at their start
+(OMP_WAIT_POLICY, `core.device.keep_freed_memory`: desktop.app.main, core.cli.main, bench). The one exception
+is an environment with a CPU-only torch beside a torchvision built for CUDA, where torchvision can't be imported
+without a guard (core/_torchvision_guard.py): it is installed here, before anything imports timm or torchvision."""
 from . import _torchvision_guard
 
-# Before timm or torchvision are imported (core.backbones): a CPU-only torch beside PyPI's torchvision.
-_torchvision_guard.install()
-from .device import keep_freed_memory as _keep_freed_memory
-
-# Freed activations are reused instead of unmapped and page-faulted in again on every forward (core/device.py).
-_keep_freed_memory()
+if _torchvision_guard.needed():
+    _torchvision_guard.install()
 from .backbones import (
     DEFAULT_BACKBONE,
     Backbone,
@@ -27,7 +22,7 @@ from .backbones import (
 )
 from .classifier import UNKNOWN_LABEL, Example, FewShotClassifier, Prediction, StateError
 from .device import configure_threads, select_device
-from .embedding import CancelToken, Embedder, Skipped
+from .embedding import CancelToken, Embedder, Skipped, load_for_model
 from .export_model import EXPORT_FORMATS, ExportedModelInfo, export_model, read_exported_metadata
 from .export import (
     LABEL_FORMATS,
@@ -96,7 +91,7 @@ __all__ = [
     "create_backbone", "create_default_backbone", "default_model_file", "load_model_file", "save_model_file",
     "UNKNOWN_LABEL", "Example", "FewShotClassifier", "Prediction", "StateError",
     "configure_threads", "select_device",
-    "CancelToken", "Embedder", "Skipped",
+    "CancelToken", "Embedder", "Skipped", "load_for_model",
     "LABEL_FORMATS", "ExportError", "ExportReport", "LabelEntry", "LabelSet", "export_labels", "iter_export",
     "EXPORT_FORMATS", "ExportedModelInfo", "export_model", "read_exported_metadata",
     "read_labels",

@@ -60,6 +60,27 @@ class _Guard:
         return spec
 
 
+def _local_version(distribution: str) -> str | None:
+    """The local part of an installed distribution's version ("cpu" of 2.14.1+cpu, "" for none); None when its
+    metadata can't be read (a frozen app may carry none)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution).partition("+")[2]
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def needed() -> bool:
+    """Whether this environment may hold a mismatched pair: a CPU-only torch beside a torchvision built for
+    another (PyPI's Linux torchvision is a CUDA build). Read from the packages' metadata, importing neither;
+    unknown counts as possibly."""
+    torch_local, vision_local = _local_version("torch"), _local_version("torchvision")
+    if torch_local is None or vision_local is None:
+        return vision_local is not None or torch_local is None
+    return torch_local != vision_local and "cpu" in torch_local
+
+
 def install() -> None:
     """Arrange for declare_missing_ops before the first `import torchvision` (cheap: nothing is imported now)."""
     if "torchvision" in sys.modules or any(getattr(f, "protolabel_torchvision_guard", False) for f in sys.meta_path):

@@ -211,7 +211,8 @@ class FewShotClassifier:
     def embed_tensor_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> features (B, D) through the current tail, trunk maps (B, C, h, w) float16."""
         feats, maps = self.embedder.embed_tensor(x, with_maps=True, tail=self.adapted_tail)
-        assert maps is not None
+        if maps is None:
+            raise RuntimeError("the embedder returned no trunk maps though they were asked for")
         return feats, maps
 
     def features_from_maps(self, maps: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -188,13 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _progress(items: Iterator, desc: str, enabled: bool = True):
-    """Drive a core generator, drawing a tqdm bar from its Progress items; returns its last item."""
+def _progress(run: Generator, desc: str, enabled: bool = True):
+    """Drive a core generator, drawing a tqdm bar from its Progress items; returns its result."""
     from tqdm import tqdm
 
+    from .runs import finish
+
     bar = None
-    last = None
-    for item in items:
+
+    def show(item) -> None:
+        nonlocal bar
         done, total = getattr(item, "done", None), getattr(item, "total", None)
         if done is not None and total is not None and enabled:
             if bar is None:
@@ -205,10 +208,12 @@ def _progress(items: Iterator, desc: str, enabled: bool = True):
             if getattr(item, "skipped", 0):
                 bar.set_postfix(skipped=item.skipped)
             bar.refresh()
-        last = item
-    if bar is not None:
-        bar.close()
-    return last
+
+    try:
+        return finish(run, show)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _make_embedder(args):
@@ -290,7 +295,7 @@ def _finetune(classifier, seconds: float, quiet: bool = False) -> None:
 def cmd_label(args) -> int:
     from .classifier import FewShotClassifier
     from .embedding import CancelToken
-    from .labeling import LabelRun, SupportRun, add_support_tree, label_paths, query_paths, write_labels_csv
+    from .labeling import add_support_tree, label_paths, query_paths, write_labels_csv
 
     paths = query_paths(args.query)  # a typo in --query fails before the support is embedded
     embedder = _make_embedder(args)
@@ -298,7 +303,6 @@ def cmd_label(args) -> int:
     token = CancelToken()
     with _Interrupt(token):
         support = _progress(add_support_tree(classifier, args.support, token), "support")
-        assert isinstance(support, SupportRun)
         if support.cancelled:
             print("cancelled", file=sys.stderr)
             return 130
@@ -330,7 +334,6 @@ def cmd_label(args) -> int:
         finally:
             if cache is not None:
                 cache.close()
-        assert isinstance(run, LabelRun)
     elapsed = time.perf_counter() - t0
     write_labels_csv(run.records, args.out, topk=args.topk)
     counts: dict[str, int] = {}
@@ -377,13 +380,12 @@ def cmd_evaluate(args) -> int:
             return 2
         from tqdm import tqdm
 
+        from .runs import finish
+
         bar = None
-        results = None
-        for item in evaluate(table, args.way, tuple(args.shot), args.query, args.episodes, args.seed,
-                             args.transductive, args.finetune, embedder, args.finetune_steps, token):
-            if isinstance(item, dict):
-                results = item
-                continue
+
+        def show(item) -> None:
+            nonlocal bar
             if bar is None or bar.desc != f"{item.shot}-shot":
                 if bar is not None:
                     bar.close()
@@ -391,6 +393,9 @@ def cmd_evaluate(args) -> int:
             bar.n = item.episode
             bar.set_postfix(acc=f"{item.accuracy:.1f}")
             bar.refresh()
+
+        results = finish(evaluate(table, args.way, tuple(args.shot), args.query, args.episodes, args.seed,
+                                  args.transductive, args.finetune, embedder, args.finetune_steps, token), show)
         if bar is not None:
             bar.close()
     if results is None:
@@ -470,8 +475,9 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from .classifier import FewShotClassifier
-    from .images import class_folders, load_image
-    from .labeling import LabelRun, label_paths, write_labels_csv
+    from .embedding import load_for_model
+    from .images import class_folders
+    from .labeling import label_paths, write_labels_csv
 
     root = Path(args.root)
     if not root.is_dir():
@@ -493,7 +499,7 @@ def cmd_demo(args) -> int:
         images = []
         for f in support:
             try:
-                images.append(load_image(f))
+                images.append(load_for_model(f, embedder.config))
             except Exception as exc:  # noqa: BLE001
                 print(f"  skipped: {exc}", file=sys.stderr)
         classifier.add_examples(name, images, [str(f) for f in support])
@@ -505,7 +511,6 @@ def cmd_demo(args) -> int:
     results = {}
     for transductive in (False, True):
         run = _progress(label_paths(classifier, queries, transductive=transductive), "labeling")
-        assert isinstance(run, LabelRun)
         correct = sum(r.prediction.label == truth[r.path] for r in run.records)
         results[transductive] = (correct, len(run.records))
         if not transductive:
@@ -540,7 +545,7 @@ def cmd_export(args) -> int:
 
 def cmd_export_labels(args) -> int:
     from .embedding import CancelToken
-    from .export import ExportReport, iter_export, read_labels
+    from .export import iter_export, read_labels
 
     labels = read_labels(args.src)
     chosen = labels.filtered(args.only_confirmed, args.min_confidence, args.include_unknown)
@@ -561,7 +566,6 @@ def cmd_export_labels(args) -> int:
         if isinstance(exc, FileNotFoundError):
             raise
         raise RuntimeError(f"{exc.filename or args.out}: {exc.strerror or exc}") from exc
-    assert isinstance(report, ExportReport)
     print(f"exported {_plural(report.written, 'label')} as {args.format}"
           + (f", {report.copied_instead} copied (no hard link possible)" if report.copied_instead else "")
           + (f", {len(report.skipped)} skipped (missing or unreadable)" if report.skipped else "")
@@ -605,7 +609,8 @@ def cmd_metatrain(args) -> int:
 
     from .embedding import CancelToken
     from .evaluation import EmbedProgress
-    from .metatrain import MetaProgress, MetaResult, MetaTrainConfig, metatrain
+    from .metatrain import MetaProgress, MetaTrainConfig, metatrain
+    from .runs import finish
 
     if not 0 < args.val_split < 1:
         raise ValueError(f"--val-split must be between 0 and 1, got {args.val_split}")
@@ -617,29 +622,30 @@ def cmd_metatrain(args) -> int:
                                  patience=args.patience, lr=args.lr, seed=args.seed, min_images=args.min_images)
         token = CancelToken()
         bar = None
-        result = None
+
+        def show(item) -> None:
+            nonlocal bar
+            if isinstance(item, EmbedProgress):
+                if bar is None:
+                    bar = tqdm(total=item.total, desc="embedding", unit="img", file=sys.stderr, leave=False)
+                bar.n = item.done
+                bar.refresh()
+            elif isinstance(item, MetaProgress):
+                if bar is None or bar.desc != "meta-training":
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=item.episodes, desc="meta-training", unit="ep", file=sys.stderr)
+                bar.n = item.episode
+                post = {"loss": f"{item.loss:.3f}", "acc": f"{item.train_acc:.1f}"}
+                if item.val_acc is not None:
+                    post["val"] = f"{item.val_acc:.1f}"
+                bar.set_postfix(post)
+                bar.refresh()
+
         with _Interrupt(token):
             exclude = [ln.strip() for ln in Path(args.exclude).read_text().splitlines() if ln.strip()] if args.exclude else []
-            for item in metatrain(args.root, args.out, embedder, config, resume=args.resume, cancel=token,
-                                  cache_dir=False if args.no_cache else None, exclude=exclude):
-                if isinstance(item, EmbedProgress):
-                    if bar is None:
-                        bar = tqdm(total=item.total, desc="embedding", unit="img", file=sys.stderr, leave=False)
-                    bar.n = item.done
-                    bar.refresh()
-                elif isinstance(item, MetaProgress):
-                    if bar is None or bar.desc != "meta-training":
-                        if bar is not None:
-                            bar.close()
-                        bar = tqdm(total=item.episodes, desc="meta-training", unit="ep", file=sys.stderr)
-                    bar.n = item.episode
-                    post = {"loss": f"{item.loss:.3f}", "acc": f"{item.train_acc:.1f}"}
-                    if item.val_acc is not None:
-                        post["val"] = f"{item.val_acc:.1f}"
-                    bar.set_postfix(post)
-                    bar.refresh()
-                elif isinstance(item, MetaResult):
-                    result = item
+            result = finish(metatrain(args.root, args.out, embedder, config, resume=args.resume, cancel=token,
+                                      cache_dir=False if args.no_cache else None, exclude=exclude), show)
         if bar is not None:
             bar.close()
         if result is None:
@@ -662,6 +668,9 @@ def cmd_metatrain(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .device import keep_freed_memory
+
+    keep_freed_memory()  # a program's choice for its process (`import core` sets nothing process-wide)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     commands = {"label": cmd_label, "evaluate": cmd_evaluate, "demo": cmd_demo, "backbones": cmd_backbones,
                 "simulate": cmd_simulate, "metatrain": cmd_metatrain, "export": cmd_export}

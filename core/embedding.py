@@ -17,7 +17,7 @@ import torch
 
 from .backbones import Backbone
 from .device import autocast, is_out_of_memory, select_device
-from .images import ImageError, PreprocessConfig, load_image, preprocess
+from .images import ImageError, PreprocessConfig, load_image
 
 __all__ = ["Embedder", "EmbeddedBatch", "Skipped", "CancelToken", "file_stamp", "load_many"]
 
@@ -60,9 +60,12 @@ class EmbeddedBatch:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
+def load_for_model(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
+    """A file as the model sees it, (S, S, 3) uint8: the one way every file becomes model input (examples dropped
+    on a class, corrections in the grid, folders, the command line), so a file has one feature everywhere."""
     from .images import resize_for_model
 
+    path = str(path)
     # Decode reduced (JPEG scaled decode, integer box reduction) while the side the fit scales to the model's size
     # stays at least that size; the one resize to it is resize_for_model's, as for a camera frame.
     side, which = decode_bound(config)
@@ -71,7 +74,7 @@ def _decode_and_resize(path: str, config: PreprocessConfig) -> np.ndarray:
     return resize_for_model(load_image(path, side, exact=False), config)
 
 
-# How files become model input (_decode_and_resize); part of model_key, so caches of features computed the
+# How files become model input (load_for_model); part of model_key, so caches of features computed the
 # old way are not reused. 2: one area resize from the reduced decode (2026-12-01; 1: LANCZOS to 512 first).
 # 3: reduced down to the model's size, not 512 px (a 640x480 JPEG decodes at 320x240), and shrinks start with a
 # whole-factor box reduction, bilinear for what is left under 2x (images._resize; 4.8 -> ~3 ms a file, 2026-12-01).
@@ -103,7 +106,7 @@ def load_many(
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         def submit(batch: list[str]) -> list[Future]:
-            return [pool.submit(_decode_and_resize, p, config) for p in batch]
+            return [pool.submit(load_for_model, p, config) for p in batch]
 
         pending = submit(batches[0]) if batches else []
         for index, batch in enumerate(batches):
@@ -231,18 +234,6 @@ class Embedder:
             return torch.cat(out) if out else torch.zeros(0, self.backbone.feature_dim)
 
         return self.run_with_fallback(run)  # type: ignore[return-value]
-
-    def embed_arrays(self, images: Sequence[np.ndarray], with_maps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """RGB uint8 arrays of any size -> features (B, D), maps; through the one preprocessing function."""
-        feats, maps = [], []
-        for i in range(0, len(images), self.batch_size):
-            f, m = self.embed_tensor(preprocess(list(images[i : i + self.batch_size]), self.config), with_maps)
-            feats.append(f)
-            if m is not None:
-                maps.append(m)
-        if not feats:
-            return torch.zeros(0, self.backbone.feature_dim), None
-        return torch.cat(feats), (torch.cat(maps) if with_maps else None)
 
     def embed_paths(
         self,

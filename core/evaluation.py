@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Generator
 
 import numpy as np
 import torch
@@ -131,8 +131,8 @@ def build_feature_table(
     with_maps: bool = False,
     cache_dir: Path | None = None,
     cancel: CancelToken | None = None,
-) -> Iterator[EmbedProgress | FeatureTable]:
-    """Yields EmbedProgress while embedding, then the FeatureTable. Cached files are not decoded again.
+) -> Generator[EmbedProgress, None, FeatureTable | None]:
+    """Yields EmbedProgress while embedding, returns the FeatureTable (None when cancelled; core.runs.finish). Cached files are not decoded again.
     Trunk maps are always cached (so a later fine-tuned evaluation finds them); `with_maps` says whether
     the table carries them."""
     folders = class_folders(root, min_images=min_images)
@@ -173,7 +173,7 @@ def build_feature_table(
     if cache is not None and todo and ok_paths:
         new = set(todo)
         cache.save(ok_paths, features, map_tensor, [s for s in skipped if s.path in new])
-    yield FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features,
+    return FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features,
                        map_tensor if with_maps else None, skipped)
 
 
@@ -211,8 +211,8 @@ def evaluate(
     finetune_steps: int = 40,
     cancel: CancelToken | None = None,
     method_kwargs: dict | None = None,
-) -> Iterator[EpisodeProgress | dict[int, EvalResult]]:
-    """Yields EpisodeProgress, then {shot: EvalResult}. The episode list depends only on (seed, shot),
+) -> Generator[EpisodeProgress, None, dict[int, EvalResult] | None]:
+    """Yields EpisodeProgress, returns {shot: EvalResult} (None when cancelled). The episode list depends only on (seed, shot),
     so every mode sees the same episodes. Adaptation time: from cached features to query predictions
     (fine-tuning and re-running the tail included when fine-tuning)."""
     if min(shots, default=0) < 1 or query < 1 or episodes < 1 or way < 2:
@@ -236,7 +236,8 @@ def evaluate(
             q_lab = torch.as_tensor(ep.query_labels)
             t0 = time.perf_counter()
             if finetune_s > 0:
-                assert embedder is not None and table.maps is not None
+                if embedder is None or table.maps is None:
+                    raise ValueError("fine-tuned evaluation needs the embedder and a table built with_maps=True")
                 res = finetune_tail(embedder.backbone, table.maps[s_idx], s_lab, way,
                                     budget_s=finetune_s, max_steps=finetune_steps, device=embedder.device, seed=e)
                 if res.tail_state is not None:
@@ -257,4 +258,4 @@ def evaluate(
         arr = np.asarray(accs)
         ci = 1.96 * arr.std() / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
         results[shot] = EvalResult(shot, float(arr.mean()), float(ci), float(statistics.median(times)), len(arr))
-    yield results
+    return results

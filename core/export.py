@@ -29,7 +29,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Generator, Iterator, NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -351,8 +351,8 @@ def register_label_format(name: str, layout: str, options: tuple[str, ...] = (),
 
 
 def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwrite: bool = False,
-                cancel=None, **options) -> Iterator[Progress | ExportReport]:
-    """Write `labelset` as `fmt` to `out`; yields Progress while copying files, then the ExportReport.
+                cancel=None, **options) -> Generator[Progress, None, ExportReport]:
+    """Write `labelset` as `fmt` to `out`; yields Progress while copying files, returns the ExportReport.
 
     Files missing on disk now are skipped and listed in the report. `out` must not exist yet (a folder
     layout: or be empty) unless overwrite: a file is then replaced; a folder loses only what an earlier
@@ -392,23 +392,20 @@ def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwri
         report.written = len(records)
         for r in records:
             report.counts[r.label] = report.counts.get(r.label, 0) + 1
-        yield report
-        return
+        return report
     source = labelset.metadata.get("source")
     if source and Path(source).is_dir() and out.resolve().is_relative_to(Path(source).resolve()):
         raise ExportError(f"'{out}' is inside the project folder '{source}'; choose a folder outside it")
     writer = _FolderWriter(out, fmt, overwrite, report)
     yield from spec.write(labelset, records, writer, cancel=cancel, **options)
-    yield report
+    return report
 
 
 def export_labels(labelset: LabelSet, fmt: str, out: str | os.PathLike, **options) -> ExportReport:
     """`iter_export` run to its end -> the ExportReport."""
-    report = None
-    for item in iter_export(labelset, fmt, out, **options):
-        report = item
-    assert isinstance(report, ExportReport)
-    return report
+    from .runs import finish
+
+    return finish(iter_export(labelset, fmt, out, **options))
 
 
 # ------------------------------------------------------------------------------------------------ file formats

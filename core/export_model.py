@@ -152,7 +152,7 @@ def _metadata(project, classes: list[str], thresholds: dict[str, float], scale: 
         "scale": scale,
         "preprocess": config.to_dict(),
         # Files are decoded reduced (JPEG scaled decode, integer box reduction) while the named side stays at
-        # least that many pixels, then resized once to the input size (embedding._decode_and_resize).
+        # least that many pixels, then resized once to the input size (embedding.load_for_model).
         "decode_bound": dict(zip(("pixels", "side"), decode_bound(config))),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, s, s], "dtype": "float32",
                   "description": "RGB, (pixel - mean) / std on 0-255 values, NCHW"},

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .device import autocast
-from .methods import DEFAULT_SCALE, class_means
+from .methods import DEFAULT_SCALE, centred_cosines, centred_prototypes
 
 __all__ = ["FinetuneProgress", "FinetuneResult", "adapted_tail", "finetune_tail", "augment_maps", "LR_GRID"]
 
@@ -118,12 +118,9 @@ def _episode_logits(head: _TailHead, maps: torch.Tensor, aug: torch.Tensor, labe
     feats_aug = head(aug)
     single = torch.bincount(labels, minlength=n_classes)[labels] < 2
     proto_src = torch.where(single[:, None], head(maps), feats_aug) if bool(single.any()) else feats_aug
-    s_feats, s_labels = proto_src[support], labels[support]
-    center = class_means(s_feats, s_labels, n_classes).mean(0)
-    protos = class_means(F.normalize(s_feats - center, dim=-1), s_labels, n_classes)
+    protos, center = centred_prototypes(proto_src[support], labels[support], n_classes)
     query = ~support | single
-    q = F.normalize(feats_aug[query] - center, dim=-1)
-    return head.log_scale.exp() * q @ F.normalize(protos, dim=-1).T, labels[query]
+    return head.log_scale.exp() * centred_cosines(feats_aug[query], protos, center), labels[query]
 
 
 def _train(
@@ -166,9 +163,8 @@ def _train(
 def _accuracy(head: _TailHead, train_maps, train_labels, val_maps, val_labels, n_classes: int) -> float:
     feats = head(torch.cat([train_maps, val_maps]))
     tr, va = feats[: len(train_maps)], feats[len(train_maps) :]
-    center = class_means(tr, train_labels, n_classes).mean(0)
-    protos = class_means(F.normalize(tr - center, dim=-1), train_labels, n_classes)
-    pred = (F.normalize(va - center, dim=-1) @ F.normalize(protos, dim=-1).T).argmax(-1)
+    protos, center = centred_prototypes(tr, train_labels, n_classes)
+    pred = centred_cosines(va, protos, center).argmax(-1)
     return float((pred == val_labels).float().mean() * 100)
 
 

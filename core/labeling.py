@@ -1,6 +1,6 @@
 """Folder labeling as generators: the CLI draws a progress bar from them, the GUI runs them in a worker.
 
-Every function yields progress objects and finishes by yielding its result; a cancel token is checked
+Every function yields progress objects and returns its result (core.runs.finish); a cancel token is checked
 between batches. Unreadable files are skipped and reported, never raised.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Generator, Sequence
 
 import torch
 
@@ -56,7 +56,7 @@ class SupportRun:
 
 def add_support_tree(
     classifier: FewShotClassifier, root: str | os.PathLike, cancel: CancelToken | None = None
-) -> Iterator[Progress | SupportRun]:
+) -> Generator[Progress, None, SupportRun]:
     """One folder per class (any depth; the folder's relative path is the class name) -> support examples."""
     folders = class_folders(root, min_images=1)
     if not folders:
@@ -79,9 +79,8 @@ def add_support_tree(
         yield Progress("embedding examples", done, total, len(run.skipped))
         if cancel is not None and cancel.cancelled:
             run.cancelled = True
-            yield run
-            return
-    yield run
+            return run
+    return run
 
 
 def label_paths(
@@ -91,7 +90,7 @@ def label_paths(
     cancel: CancelToken | None = None,
     cache: "EmbeddingCache | None" = None,
     predict: bool = True,
-) -> Iterator[Progress | LabelRun]:
+) -> Generator[Progress, None, LabelRun]:
     """Embed and classify files. Inductive: each batch is classified as it arrives. Transductive: all
     features first, then one joint prediction (the whole folder is known in advance).
 
@@ -149,7 +148,7 @@ def label_paths(
     if predicting and transductive and ok_paths and not run.cancelled:
         records = {p: LabelRecord(p, pred) for p, pred in zip(ok_paths, classifier.predict_features(run.features, True))}
     run.records = [records[p] for p in ok_paths if p in records]
-    yield run
+    return run
 
 
 def query_paths(root: str | os.PathLike) -> list[Path]:

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from .backbones import save_model_file
 from .embedding import CancelToken, Embedder
 from .evaluation import EmbedProgress, FeatureTable, build_feature_table
 from .finetune import _TailHead, augment_maps
-from .methods import class_means
+from .methods import centred_cosines, centred_prototypes
+from .runs import finish
 from .training import Episode, sample_episode
 
 __all__ = ["MetaTrainConfig", "MetaProgress", "MetaResult", "metatrain", "split_classes", "RESUME_FORMAT_VERSION"]
@@ -100,9 +101,8 @@ def _episode_loss(head: torch.nn.Module, scale: torch.Tensor, maps: torch.Tensor
     n_s = len(ep.support)
     s_labels = torch.as_tensor(ep.support_labels, device=device)
     q_labels = torch.as_tensor(ep.query_labels, device=device)
-    center = class_means(feats[:n_s], s_labels, way).mean(0)  # centred like the prototypes method
-    protos = class_means(F.normalize(feats[:n_s] - center, dim=-1), s_labels, way)
-    logits = scale * F.normalize(feats[n_s:] - center, dim=-1) @ F.normalize(protos, dim=-1).T
+    protos, center = centred_prototypes(feats[:n_s], s_labels, way)  # as the prototypes method
+    logits = scale * centred_cosines(feats[n_s:], protos, center)
     loss = F.cross_entropy(logits, q_labels)
     acc = float((logits.argmax(-1) == q_labels).float().mean() * 100)
     return loss, acc
@@ -118,9 +118,8 @@ def _validate(head: _TailHead, maps: torch.Tensor, episodes: list[Episode]) -> f
         way = len(ep.classes)
         s, q = feats[ep.support], feats[ep.query]
         s_labels = torch.as_tensor(ep.support_labels)
-        center = class_means(s, s_labels, way).mean(0)
-        protos = class_means(F.normalize(s - center, dim=-1), s_labels, way)
-        pred = (F.normalize(q - center, dim=-1) @ F.normalize(protos, dim=-1).T).argmax(-1)
+        protos, center = centred_prototypes(s, s_labels, way)
+        pred = centred_cosines(q, protos, center).argmax(-1)
         accs.append(float((pred == torch.as_tensor(ep.query_labels)).float().mean() * 100))
     return float(np.mean(accs))
 
@@ -198,12 +197,13 @@ def metatrain(
     cancel: CancelToken | None = None,
     cache_dir: Path | None = None,
     exclude: Sequence[str] = (),
-) -> Iterator[EmbedProgress | MetaProgress | MetaResult]:
+) -> Generator[EmbedProgress | MetaProgress, None, MetaResult | None]:
     """Meta-train the tail of `embedder.backbone` on the class folders under `root`; the best checkpoint goes
     to `out` (a model file for `--model`), with `<out>.log.json`, `<out>.curve.png` and `<out>.resume.pt`.
 
     exclude: class names never used (neither trained on nor validated on), e.g. the classes of a test set.
-    Yields EmbedProgress while the images are embedded (cached), then MetaProgress, then the MetaResult."""
+    Yields EmbedProgress while the images are embedded (cached), then MetaProgress;
+    returns the MetaResult (None on the other ranks of a distributed run)."""
     import torch.distributed as dist
 
     cfg = config or MetaTrainConfig()
@@ -214,12 +214,9 @@ def metatrain(
     # Rank 0 embeds (and fills the disk cache) first, so the other ranks read it instead of racing to write it.
     for turn in ((0,), tuple(range(1, world))):
         if rank in turn:
-            for item in build_feature_table(root, embedder, cfg.min_images, with_maps=True, cache_dir=cache_dir,
-                                            cancel=cancel):
-                if isinstance(item, FeatureTable):
-                    table = item
-                elif rank == 0:
-                    yield item
+            embedding = build_feature_table(root, embedder, cfg.min_images, with_maps=True, cache_dir=cache_dir,
+                                            cancel=cancel)
+            table = (yield from embedding) if rank == 0 else finish(embedding)  # rank 0 reports progress
         if world > 1:
             dist.barrier()
     if table is None:  # cancelled while embedding
@@ -349,7 +346,7 @@ def metatrain(
     if world > 1:
         dist.barrier()
     if rank == 0:
-        yield MetaResult(out, baseline, best, best_episode, episode, stopped_early, cancelled, train_classes,
+        return MetaResult(out, baseline, best, best_episode, episode, stopped_early, cancelled, train_classes,
                          val_classes, log_path, curve_path, history)
 
 

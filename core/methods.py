@@ -35,6 +35,22 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, n_classes: int) ->
     return sums / counts[:, None]
 
 
+def centred_prototypes(support: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                       center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prototypes method's support side, for all its users (the method, fine-tuning's pseudo-episodes and
+    checks, meta-training's loss and validation): (N, D) support, (N,) labels -> ((C, D) prototypes, (D,)
+    centre). The centre is `center`, else the mean of the class means (class-balanced: no class dominates it);
+    a prototype is the class mean of the centred, normalised support."""
+    if center is None:
+        center = class_means(support, labels, n_classes).mean(0)
+    return class_means(F.normalize(support - center, dim=-1), labels, n_classes), center
+
+
+def centred_cosines(query: torch.Tensor, prototypes: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """(Q, D) queries against centred_prototypes' output -> (Q, C) cosines; times a scale, the logits."""
+    return F.normalize(query - center, dim=-1) @ F.normalize(prototypes, dim=-1).T
+
+
 def cosine_logits(query: torch.Tensor, prototypes: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Tensor:
     """(Q, D), (C, D) -> (Q, C) scaled cosine similarities."""
     return scale * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
@@ -98,17 +114,17 @@ class PrototypeClassifier(FewShotMethod):
         means = class_means(features, labels, n_classes)
         present = torch.bincount(labels, minlength=n_classes) > 0
         if self.fixed_center is not None:
-            self.center = self.fixed_center.to(features)
+            center = self.fixed_center.to(features)
         elif int(present.sum()) >= 2:
-            self.center = means[present].mean(0)
+            center = means[present].mean(0)  # classes without examples (a fixed class list) don't pull it
         else:
             # One class: centring on it would map its prototype to zero; keep raw features.
-            self.center = torch.zeros_like(features[0])
-        self.prototypes = class_means(self._normalise(features, self.center), labels, n_classes)
+            center = torch.zeros_like(features[0])
+        self.prototypes, self.center = centred_prototypes(features, labels, n_classes, center)
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """(Q, D) -> (Q, C)"""
-        return cosine_logits(self._normalise(query, self.center), self.prototypes, self.scale)
+        return self.scale * centred_cosines(query, self.prototypes, self.center)
 
 
 class TransductivePrototypes(PrototypeClassifier):

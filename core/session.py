@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from .classifier import UNKNOWN_LABEL, FewShotClassifier, Prediction
 from .embedding import CancelToken
-from .labeling import LabelRecord, LabelRun, Progress, label_paths
+from .labeling import LabelRecord, Progress, label_paths
 from .methods import fit_logit_scale
+from .runs import finish
 
 if TYPE_CHECKING:
     from .project import EmbeddingCache
@@ -198,12 +199,8 @@ class LabelingSession:
             if cancel is not None and cancel.cancelled:
                 break
             part = todo[i : i + chunk]
-            run: LabelRun | None = None
-            for item in label_paths(self.classifier, part, transductive=False, cancel=cancel, cache=cache,
-                                    predict=False):
-                if isinstance(item, LabelRun):
-                    run = item
-            assert run is not None
+            run = finish(label_paths(self.classifier, part, transductive=False, cancel=cancel, cache=cache,
+                                     predict=False))
             for s in run.skipped:
                 self.skipped[s.path] = s.reason
             if run.paths:

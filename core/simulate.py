@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -194,8 +194,8 @@ def simulate(table: FeatureTable, embedder: Embedder, classes: int = 10, per_cla
              start: int = 1, batch: int = 10, trials: int = 5, seed: int = 0, options: SessionOptions | None = None,
              targets: Sequence[int] = TARGETS, max_actions: int | None = None,
              cancel: CancelToken | None = None,
-             accept_above: float | None = None) -> Iterator[SimulationProgress | SimulationResult]:
-    """Yields SimulationProgress per trial, then the SimulationResult (also when cancelled: the trials done).
+             accept_above: float | None = None) -> Generator[SimulationProgress, None, SimulationResult]:
+    """Yields SimulationProgress per trial, returns the SimulationResult (also when cancelled: the trials done).
     accept_above: after each round the annotator also uses "Accept all >= t" (one action) when it would
     confirm at least `batch` labels."""
     options = options or SessionOptions()
@@ -210,7 +210,7 @@ def simulate(table: FeatureTable, embedder: Embedder, classes: int = 10, per_cla
         yield SimulationProgress("simulating", k + 1, trials)
     from dataclasses import asdict
 
-    yield SimulationResult(done, tuple(targets), asdict(options))
+    return SimulationResult(done, tuple(targets), asdict(options))
 
 
 def plot_curves(results: dict[str, SimulationResult], out: str, width: int = 900, height: int = 560) -> str:

@@ -22,6 +22,10 @@ PROTOLABEL_DATA_DIR=DIR puts them in DIR instead.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: beside a camera thread, the GUI or other programs on a
+    # 2-core machine, spinning made a batch-1 forward 3-30x slower (bench, 2-core VM under load). Read when
+    # torch loads, so first thing; an explicit setting wins. (`import core` sets nothing process-wide.)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--selftest"]:
         return selftest()
@@ -103,8 +107,11 @@ def run_gui(project: str | None = None) -> int:
     if missing:
         startup.report("the model is missing", missing, where.log_file)
         return startup.EXIT_NO_MODEL
+    from core.device import keep_freed_memory
+
     from .main_window import MainWindow
 
+    keep_freed_memory()
     window = MainWindow(workspace=where.workspace, settings=where.settings(), open_last=project is None)
     if where.temporary:
         logging.getLogger("protolabel").warning(where.problem)  # stderr and the log file
@@ -137,9 +144,12 @@ def selftest(timeout: float = 180.0) -> int:
     if missing:
         print(f"selftest FAILED: {missing}", file=sys.stderr)
         return startup.EXIT_NO_MODEL
+    from core.device import keep_freed_memory
     from core.synthetic import write_tree, write_video
 
     from .main_window import MainWindow
+
+    keep_freed_memory()
 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="protolabel-selftest-") as tmp:

@@ -22,14 +22,12 @@ from PySide6.QtCore import QObject, Signal
 from core import (
     CancelToken,
     Embedder,
-    ExportReport,
     FewShotClassifier,
     Frame,
     ImageError,
     LabelRecord,
     LabelingSession,
     ProjectError,
-    SupportRun,
     add_support_tree,
     class_color,
     class_folders,
@@ -39,6 +37,7 @@ from core import (
     export_model,
     iter_export,
     list_images,
+    load_for_model,
     load_image,
     load_model_file,
     load_project,
@@ -52,6 +51,8 @@ from core import (
     write_labels_csv,
 )
 from core.device import release_memory
+from core.embedding import load_many
+from core.runs import finish
 
 from .state import ClassInfo, ExampleInfo, FolderItem, LivePrediction, ModelSnapshot
 
@@ -208,11 +209,6 @@ class Engine(QObject):
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
-
-    def busy(self) -> str:
-        """Name of the running job, "" when idle (any thread)."""
-        job = self._current
-        return job.name if job is not None else ""
 
     def cancel(self, name: str | None = None) -> None:
         """Cancel the running job (or only if it is `name`) and queued jobs of that name."""
@@ -420,24 +416,21 @@ class Engine(QObject):
                 groups.setdefault(class_name, []).append(str(p))
         total = sum(len(v) for v in groups.values())
         done, added, skipped = 0, 0, []
+        embedder = self.embedder
         for name, files in groups.items():
+            if cancel.cancelled:
+                break
             if name not in self.classifier.classes:
                 self.classifier.add_class(name)
-            batch = self.embedder.batch_size
-            for i in range(0, len(files), batch):
-                if cancel.cancelled:
-                    break
-                images, sources = [], []
-                for path in files[i : i + batch]:
-                    try:
-                        images.append(load_image(path))
-                        sources.append(path)
-                    except (ImageError, OSError, MemoryError) as exc:
-                        skipped.append(f"{Path(path).name}: {getattr(exc, 'reason', exc)}")
-                if images:
-                    self.classifier.add_examples(name, images, sources)
-                    added += len(images)
-                done += len(files[i : i + batch])
+            # The command line's decode (load_many -> load_for_model): a file dropped here gets the feature
+            # `protolabel label --support` gives it.
+            for ok, arrays, bad in load_many(files, embedder.config, embedder.batch_size, cancel=cancel,
+                                             prefetch=embedder.prefetch):
+                if arrays:
+                    self.classifier.add_examples(name, arrays, ok)
+                    added += len(arrays)
+                skipped += [f"{Path(s.path).name}: {s.reason}" for s in bad]
+                done += len(ok) + len(bad)
                 self.progress.emit("add images", "adding examples", done, total)
                 self._after_change()
         if skipped:
@@ -452,13 +445,8 @@ class Engine(QObject):
         self._submit("import classes", self._import_tree, root, cancellable=True)
 
     def _import_tree(self, root: str, cancel: CancelToken) -> str:
-        result = None
-        for item in add_support_tree(self.classifier, root, cancel):
-            if isinstance(item, SupportRun):
-                result = item
-            else:
-                self.progress.emit("import classes", item.stage, item.done, item.total)
-        assert result is not None
+        result = finish(add_support_tree(self.classifier, root, cancel),
+                        lambda p: self.progress.emit("import classes", p.stage, p.done, p.total))
         n = sum(result.added.values())
         text = f"imported {n} example(s) into {len(result.added)} class(es)"
         if result.skipped:
@@ -471,8 +459,14 @@ class Engine(QObject):
         self._wake()
 
     def set_roi(self, roi: tuple[int, int, int, int] | None) -> None:
+        """The region predictions and captures take (None: the whole picture). The live path reads `roi` at once
+        (one reference, swapped whole); the settings, which the engine thread saves, change on that thread."""
         self.roi = roi
+        self._submit("set region", self._store_roi, roi)
+
+    def _store_roi(self, roi: tuple[int, int, int, int] | None) -> str:
         self.settings["roi"] = list(roi) if roi else None
+        return ""
 
     # ------------------------------------------------------------------ intents: the model
     def set_model(self, path: str | None) -> None:
@@ -648,7 +642,7 @@ class Engine(QObject):
                 self.classifier.move_example(by_source[p], class_name)
             elif shown[p] != class_name:
                 try:
-                    learn_images.append(load_image(p))
+                    learn_images.append(load_for_model(p, self.embedder.config))
                     learn_paths.append(p)
                 except ImageError as exc:
                     self.message.emit("warning", exc.reason if hasattr(exc, "reason") else str(exc))
@@ -766,14 +760,9 @@ class Engine(QObject):
 
     def _export_labels(self, fmt: str, out: str, overwrite: bool, cancel: CancelToken) -> str:
         self._flush()
-        report = None
-        for item in iter_export(read_labels(self.project_folder).filtered(), fmt, out, overwrite=overwrite,
-                                cancel=cancel):
-            if isinstance(item, ExportReport):
-                report = item
-            else:
-                self.progress.emit("export", item.stage, item.done, item.total)
-        assert report is not None
+        report = finish(iter_export(read_labels(self.project_folder).filtered(), fmt, out, overwrite=overwrite,
+                                    cancel=cancel),
+                        lambda p: self.progress.emit("export", p.stage, p.done, p.total))
         text = f"{report.written} label(s) exported as {fmt} to {out}"
         if report.skipped:
             text += f"; {len(report.skipped)} file(s) missing on disk skipped"

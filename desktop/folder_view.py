@@ -74,7 +74,7 @@ from core import UNKNOWN_LABEL, ImageError, load_image
 
 from .state import ClassInfo, ExampleInfo, FolderItem
 
-__all__ = ["PREVIEW_SIDE", "THUMBNAIL_SIDE", "FolderView", "ThumbnailLoader", "decode_thumbnail", "demo_items"]
+__all__ = ["PREVIEW_SIDE", "THUMBNAIL_SIDE", "FolderView", "ThumbnailLoader", "decode_thumbnail"]
 
 THUMBNAIL_SIDE = 128  # px, longer side of a grid thumbnail
 PREVIEW_SIDE = 236  # px, longer side of the explanation panel's image
@@ -1298,52 +1298,3 @@ def _runs(rows: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((r, r))
     return runs
-
-
-def demo_items(folder: str, n: int = 40, seed: int = 0) -> tuple[list[ClassInfo], list[FolderItem]]:
-    """Write `n` generated images into `folder` and return classes and a mix of items for them (demo, tests)."""
-    rng = np.random.default_rng(seed)
-    classes = [ClassInfo("cat", "#e53935", "1", 5), ClassInfo("dog", "#1e88e5", "2", 4),
-               ClassInfo("bird", "#43a047", "3", 3), ClassInfo("fish", "#fdd835", "4", 2)]
-    items = []
-    for i in range(n):
-        file = os.path.join(folder, f"img_{i:03d}.png")
-        img = np.full((96 + 16 * (i % 4), 128 + 24 * (i % 3), 3), rng.integers(180, 250), np.uint8)
-        color = tuple(int(v) for v in rng.integers(0, 255, 3))
-        cv2.circle(img, (img.shape[1] // 2, img.shape[0] // 2), int(rng.integers(20, 45)), color, -1)
-        cv2.imwrite(file, img)
-        name = classes[i % 4].name
-        label = UNKNOWN_LABEL if i % 9 == 4 else "" if i % 13 == 12 else name
-        conf = float(rng.uniform(0.3, 1.0))
-        others = [c.name for c in classes if c.name != name]
-        items.append(FolderItem(file, label, conf if label else 0.0, conf, "confirmed" if i % 6 == 0 else "predicted",
-                                [(name, conf), (others[0], (1 - conf) * 0.6), (others[1], (1 - conf) * 0.3)]))
-    return classes, items
-
-
-def _demo(path: str = "folder_view_demo.png", n: int = 40) -> str:
-    """Render the widget at 1280x800 with `n` generated images to `path` (a visual check by hand)."""
-    import tempfile
-
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication([])
-    classes, items = demo_items(tempfile.mkdtemp(prefix="folder_view_demo_"), n)
-    view = FolderView()
-    view.resize(1280, 800)
-    view.set_classes(classes)
-    view.set_items(items)
-    view.show()
-    view.select_path(items[1].path)
-    loop = QEventLoop()
-    timer = QTimer(interval=20)
-    timer.timeout.connect(lambda: view.thumbnail_loader.idle() and len(view._cache) and loop.quit())
-    timer.start()
-    QTimer.singleShot(10_000, loop.quit)
-    loop.exec()
-    app.processEvents()
-    view.grab().save(path)
-    view.shutdown()
-    view.close()
-    return path

@@ -14,6 +14,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as ProtoLabel's programs set it, before torch loads
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     # `make test`'s workers share the cores: torch threads beyond a worker's share wait for each other (on 2
     # cores a fine-tuning test took 124 s beside another worker, 21 s alone). Set before torch loads; subprocesses

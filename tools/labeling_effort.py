@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it, before torch loads
 from core import Embedder, create_default_backbone  # noqa: E402
-from core.device import configure_threads  # noqa: E402
+from core.device import configure_threads, keep_freed_memory  # noqa: E402
 from core.evaluation import build_feature_table  # noqa: E402
+from core.runs import finish  # noqa: E402
 from core.session import SessionOptions  # noqa: E402
 from core.simulate import plot_curves, simulate  # noqa: E402
 
@@ -48,16 +51,17 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "labeling-effort")
     args = p.parse_args()
     configure_threads(reserve=0)
+    keep_freed_memory()
     embedder = Embedder(create_default_backbone(), "cpu")
     report: dict = {}
     rows = []
     for tree, (root, classes) in trees(args.work).items():
-        *_, table = build_feature_table(root, embedder, 10)
+        table = finish(build_feature_table(root, embedder, 10))
         results = {}
         for name, changes in LOOPS.items():
-            *_, result = simulate(table, embedder, classes=classes, per_class=40, other_classes=2, start=1,
-                                  batch=10, trials=args.trials, seed=args.seed,
-                                  options=SessionOptions().with_changes(**changes))
+            result = finish(simulate(table, embedder, classes=classes, per_class=40, other_classes=2, start=1,
+                                     batch=10, trials=args.trials, seed=args.seed,
+                                     options=SessionOptions().with_changes(**changes)))
             results[name] = result
             summary = result.summary()
             report.setdefault(tree, {})[name] = {"options": changes, **summary}

@@ -108,6 +108,7 @@ def choose_interpolation(model: Path, work: Path) -> tuple[float, dict]:
 
     from core import Embedder, create_backbone, load_model_file
     from core.evaluation import FeatureTable, build_feature_table, evaluate
+    from core.runs import finish
     from core.synthetic import write_glyph_tree
 
     log = json.loads(Path(str(model) + ".log.json").read_text())
@@ -120,7 +121,7 @@ def choose_interpolation(model: Path, work: Path) -> tuple[float, dict]:
         write_glyph_tree(glyph_root, per_class=20, seed=7)
 
     def table_of(root: Path, classes: list[str] | None) -> FeatureTable:
-        table = [t for t in build_feature_table(root, embedder, 10, with_maps=True) if isinstance(t, FeatureTable)][0]
+        table = finish(build_feature_table(root, embedder, 10, with_maps=True))
         if classes is None:
             return table
         keep = [i for i, c in enumerate(table.labels.tolist()) if table.class_names[c] in set(classes)]
@@ -139,7 +140,7 @@ def choose_interpolation(model: Path, work: Path) -> tuple[float, dict]:
         for name, t in tables.items():
             feats = embedder.features_from_maps(t.maps, tail)
             table = FeatureTable(t.class_names, t.paths, t.labels, feats, None)
-            res = [r for r in evaluate(table, shots=(1, 5), episodes=300, seed=1) if isinstance(r, dict)][0]
+            res = finish(evaluate(table, shots=(1, 5), episodes=300, seed=1))
             scores[alpha][name] = round((res[1].accuracy + res[5].accuracy) / 2, 2)
     base = scores[0.0]
     best = max(ALPHAS, key=lambda a: (min(scores[a][n] - base[n] for n in tables), a == 0.0))

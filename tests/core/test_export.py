@@ -34,6 +34,7 @@ from core import (
     save_project,
 )
 from core.export import MANIFEST_FILE, safe_name
+from core.runs import finish
 from core.project import LabelStore, StoredLabel
 from synthetic import write_tree
 
@@ -119,9 +120,7 @@ def real_project(embedder, tmp_path_factory) -> dict:
     dropped = query["square"][1]  # a labeled image also dropped on a class: its row stays a prediction
     clf.add_example("square", load_image(dropped), str(dropped.resolve()))
     paths = [p for ps in query.values() for p in ps]
-    run = None
-    for item in label_paths(clf, paths):
-        run = item
+    run = finish(label_paths(clf, paths))
     labels = [(r.path, r.prediction, "predicted") for r in run.records]
     confirmed = {str(corrected): "circle", str(query["circle"][1]): "circle"}
     labels = [(p, Prediction(confirmed[p], 1.0, [(confirmed[p], 1.0)], pred.similarity, confirmed[p]), "confirmed")
@@ -588,10 +587,8 @@ def test_cancel_stops_between_files(small, tmp_path):
 
     token = Token()
     labels = read_labels(small["project"]).filtered()
-    report = None
-    for item in iter_export(labels, "imagefolder", tmp_path / "out", cancel=token):
-        token.cancelled = True
-        report = item
+    report = finish(iter_export(labels, "imagefolder", tmp_path / "out", cancel=token),
+                    lambda progress: setattr(token, "cancelled", True))
     assert isinstance(report, ExportReport) and report.cancelled and report.written == 0
     manifest = json.loads((tmp_path / "out" / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["complete"] is False and manifest["files"] == []

@@ -240,7 +240,7 @@ def test_example_preprocessing_matches_core(tree, embedder, fit):
     OpenCV's area and bilinear filters with their rounding."""
     import dataclasses
 
-    from core.embedding import _decode_and_resize, decode_bound
+    from core.embedding import decode_bound, load_for_model
     from core.images import to_tensor
 
     example = _example_module()
@@ -248,7 +248,7 @@ def test_example_preprocessing_matches_core(tree, embedder, fit):
     pixels, side = decode_bound(config)
     want, got = [], []
     for path in _readable(tree):
-        want.append(_decode_and_resize(str(path), config))  # the model path's decode and resize
+        want.append(load_for_model(str(path), config))  # the model path's decode and resize
         got.append(example.fit(example.load_image(path, pixels, side), config.size, config.fit, config.pad_value))
         assert np.array_equal(got[-1], want[-1]), path.name
     assert np.allclose(example.to_input(got, config.to_dict()), to_tensor(want, config).numpy(), atol=1e-6)

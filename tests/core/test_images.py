@@ -589,7 +589,7 @@ def test_model_path_decode_is_close_to_a_full_decode(
 ) -> None:
     """Files on the model path are decoded reduced (down to the side the fit needs: the shorter one for crop and
     stretch), then resized once: close to resizing the full-size picture, for wide and tall JPEGs and PNGs."""
-    from core.embedding import _decode_and_resize
+    from core.embedding import load_for_model
 
     decoded = []
 
@@ -603,7 +603,7 @@ def test_model_path_decode_is_close_to_a_full_decode(
         array = _smooth(h, w)
         for name, kw in (("a.jpg", {"quality": 95}), ("a.png", {})):
             path = _save(tmp_path / name, array, **kw)
-            got = _decode_and_resize(str(path), config)
+            got = load_for_model(str(path), config)
             side = max(decoded[-1]) if fit == "pad" else min(decoded[-1])
             assert 64 <= side < 128, (fit, decoded[-1])  # reduced, never below what the fit scales to 64
             want = resize_for_model(array, config)

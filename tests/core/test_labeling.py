@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from core import FewShotClassifier, load_image
-from core.labeling import LabelRun, label_paths
+from core.labeling import LabelRun, Progress, label_paths
+from core.runs import finish
 from core.project import EmbeddingCache
 from synthetic import write_tree
 
@@ -15,9 +16,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(gen) -> LabelRun:
-    *_, last = gen
-    assert isinstance(last, LabelRun)
-    return last
+    progress = []
+    run = finish(gen, progress.append)
+    assert isinstance(run, LabelRun) and progress and all(isinstance(p, Progress) for p in progress)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_load_many_prefetch_or_decode_in_between(tmp_path, monkeypatch, prefetch
             decoded.append(path)
         return np.zeros((config.size, config.size, 3), np.uint8)
 
-    monkeypatch.setattr(embedding, "_decode_and_resize", fake_decode)
+    monkeypatch.setattr(embedding, "load_for_model", fake_decode)
     paths = [f"img{i}.png" for i in range(10)]
     batches = []
     for ok, arrays, skipped in embedding.load_many(paths, PreprocessConfig(size=8), 4, workers=2, prefetch=prefetch):

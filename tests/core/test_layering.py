@@ -1,7 +1,8 @@
-"""core/ never imports Qt (DESIGN.md layering rule)."""
+"""core/ never imports Qt (the layering rule: docs/design.md), and importing it changes nothing process-wide."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,20 +25,30 @@ def test_no_qt_or_desktop_import_in_core_sources():
     assert not offenders, offenders
 
 
-def test_core_imports_and_runs_with_qt_blocked():
-    """Import core and run its CLI parser in a process where importing PySide6 fails."""
+def test_core_imports_and_runs_with_qt_blocked_and_changes_nothing_process_wide():
+    """Import core and run its CLI parser in a process where importing PySide6 fails. The import leaves the
+    environment and the import machinery as they were (the allocator: tests/core/test_device.py), except for
+    the torchvision guard in the environments that need one (a CPU-only torch beside a CUDA torchvision)."""
     code = (
-        "import sys\n"
+        "import os, sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in ('PySide6', 'shiboken6', 'desktop'):\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
+        "import cv2, numpy, PIL.Image, torch  # their own import-time settings (cv2 extends LD_LIBRARY_PATH)\n"
+        "env, finders = dict(os.environ), list(sys.meta_path)\n"
         "import core, core.cli\n"
+        "from core import _torchvision_guard as guard\n"
+        "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+        "added = [f for f in sys.meta_path if f not in finders]\n"
+        "assert len(added) == guard.needed() and all(f.protolabel_torchvision_guard for f in added), added\n"
         "core.cli.build_parser().parse_args(['backbones'])\n"
         "assert not any(m.startswith(('PySide6', 'desktop')) for m in sys.modules)\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=CORE.parent, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # what core used to set
+    out = subprocess.run([sys.executable, "-c", code], cwd=CORE.parent, capture_output=True, text=True, timeout=120,
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

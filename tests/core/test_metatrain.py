@@ -14,6 +14,7 @@ import pytest
 from core import load_model_file
 from core.backbones import read_model_metadata
 from core.metatrain import MetaResult, MetaTrainConfig, metatrain, split_classes
+from core.runs import finish
 from core.training import sample_episode
 from synthetic import write_glyph_tree
 
@@ -36,11 +37,8 @@ def _run(root, out, embedder, cache, **kw) -> MetaResult:
     resume = kw.pop("resume", False)
     cfg = MetaTrainConfig(**{"way": 5, "shot": 1, "query": 5, "episodes": 120, "val_every": 40, "val_episodes": 60,
                              "lr": 1e-4, "min_images": 5, **kw})
-    result = None
-    for item in metatrain(root, out, embedder, cfg, resume=resume, cache_dir=cache):
-        if isinstance(item, MetaResult):
-            result = item
-    assert result is not None
+    result = finish(metatrain(root, out, embedder, cfg, resume=resume, cache_dir=cache))
+    assert isinstance(result, MetaResult)
     return result
 
 

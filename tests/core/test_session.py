@@ -11,6 +11,7 @@ from core import UNKNOWN_LABEL, FewShotClassifier
 from core.cli import main
 from core.evaluation import FeatureTable
 from core.session import LabelingSession, SessionOptions
+from core.runs import finish
 from core.simulate import SimulationResult, simulate
 
 
@@ -38,8 +39,7 @@ def _truth(table):
 
 
 def _run(gen):
-    *_, last = gen
-    return last
+    return finish(gen)
 
 
 def test_nothing_is_predicted_before_a_class_has_a_label(embedder):

@@ -124,6 +124,9 @@ def test_roi_crop_is_what_is_predicted(qtbot, engine):
     left = engine.events["live"][-1]
     assert (right.label, right.roi) == ("circle", (160, 0, 320, 160))
     assert (left.label, left.roi) == ("square", (0, 0, 160, 160))
+    # The project's settings change on the engine thread (the one that saves them), in the order asked.
+    _until(qtbot, lambda: [j for j, _ in engine.events["done"]].count("set region") == 2)
+    assert engine.settings["roi"] == [0, 0, 160, 160]
 
 
 def test_label_folder_correct_accept_export_and_reopen(qtbot, engine, tmp_path, embedder):
@@ -219,6 +222,31 @@ def test_dropped_folders_become_classes(qtbot, engine, tmp_path):
     engine.add_files("circle", [str(tree["square"][0])])  # files dropped on a class go to that class
     _finish(qtbot, engine, "add images")
     assert {c.name: c.count for c in engine.events["snap"][-1].classes} == {"circle": 5, "square": 2}
+
+
+def test_a_dropped_file_gets_the_feature_the_command_line_gives_it(qtbot, engine, tmp_path, embedder):
+    """One decode path: a large JPEG dropped on a class and the same file as `protolabel label --support`'s
+    example (add_support_tree) become bit-identical features."""
+    import torch
+
+    from core import FewShotClassifier, add_support_tree
+    from core.runs import finish
+
+    rng = np.random.default_rng(3)
+    big = cv2.resize(draw_shape("circle", rng), (1600, 1200), interpolation=cv2.INTER_CUBIC)
+    big = np.clip(big.astype(np.int16) + rng.integers(-20, 21, big.shape), 0, 255).astype(np.uint8)
+    photo = tmp_path / "support" / "circle" / "photo.jpg"
+    photo.parent.mkdir(parents=True)
+    cv2.imwrite(str(photo), big[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+    engine.add_files("circle", [str(photo)])
+    _finish(qtbot, engine, "add images")
+    dropped = [e.feature for e in engine.classifier.examples.values() if e.source == str(photo)]
+    cli = FewShotClassifier(embedder)
+    finish(add_support_tree(cli, tmp_path / "support"))
+    labeled = [e.feature for e in cli.examples.values() if e.source == str(photo)]
+    assert len(dropped) == 1 and len(labeled) == 1
+    assert torch.equal(dropped[0], labeled[0])
 
 
 def test_finetune_reports_progress_and_time(qtbot, engine):
@@ -380,6 +408,7 @@ def test_the_window_and_simulate_drive_the_same_labeling_session(qtbot, engine, 
     labels and probabilities as the session `protolabel simulate` drives (fed from `evaluate`'s feature table)."""
     from core import FewShotClassifier
     from core.evaluation import build_feature_table
+    from core.runs import finish
     from core.session import LabelingSession
 
     classes = ("circle", "square", "triangle")
@@ -398,7 +427,7 @@ def test_the_window_and_simulate_drive_the_same_labeling_session(qtbot, engine, 
     for it in predicted:  # the grid never shows a label beside a higher probability for another class
         assert it.label == it.topk[0][0] and it.confidence == max(p for _, p in it.topk)
 
-    *_, table = build_feature_table(tree, embedder, min_images=1, cache_dir=False)
+    table = finish(build_feature_table(tree, embedder, min_images=1, cache_dir=False))
     session = LabelingSession(FewShotClassifier(embedder), str(tree), table.paths)
     session.set_features(table.paths, table.features)
     for c, path in first.items():

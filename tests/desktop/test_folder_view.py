@@ -1,6 +1,7 @@
 """FolderView: order, filters, keyboard and mouse intents, lazy thumbnails on one thread, 100k items."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,13 +19,33 @@ from desktop.folder_view import (
     FolderView,
     ThumbnailLoader,
     _Unreadable,
-    demo_items,
 )
 from desktop.state import ClassInfo, ExampleInfo, FolderItem
 
 COLORS = ("#e53935", "#1e88e5", "#43a047", "#fdd835")
 CLASSES = [ClassInfo(name, COLORS[i], str(i + 1), 3) for i, name in enumerate(SHAPE_CLASSES)]
 BROKEN = ("empty.jpg", "notes.png")
+
+
+def demo_items(folder: str, n: int = 40, seed: int = 0) -> tuple[list[ClassInfo], list[FolderItem]]:
+    """Write `n` generated images into `folder` and return classes and a mix of items for them."""
+    rng = np.random.default_rng(seed)
+    classes = [ClassInfo("cat", "#e53935", "1", 5), ClassInfo("dog", "#1e88e5", "2", 4),
+               ClassInfo("bird", "#43a047", "3", 3), ClassInfo("fish", "#fdd835", "4", 2)]
+    items = []
+    for i in range(n):
+        file = os.path.join(folder, f"img_{i:03d}.png")
+        img = np.full((96 + 16 * (i % 4), 128 + 24 * (i % 3), 3), rng.integers(180, 250), np.uint8)
+        color = tuple(int(v) for v in rng.integers(0, 255, 3))
+        cv2.circle(img, (img.shape[1] // 2, img.shape[0] // 2), int(rng.integers(20, 45)), color, -1)
+        cv2.imwrite(file, img)
+        name = classes[i % 4].name
+        label = UNKNOWN_LABEL if i % 9 == 4 else "" if i % 13 == 12 else name
+        conf = float(rng.uniform(0.3, 1.0))
+        others = [c.name for c in classes if c.name != name]
+        items.append(FolderItem(file, label, conf if label else 0.0, conf, "confirmed" if i % 6 == 0 else "predicted",
+                                [(name, conf), (others[0], (1 - conf) * 0.6), (others[1], (1 - conf) * 0.3)]))
+    return classes, items
 
 
 @pytest.fixture(autouse=True)
