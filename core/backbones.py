@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_path
 from .images import PreprocessConfig
 
 __all__ = [
@@ -418,9 +419,8 @@ def save_model_file(backbone: Backbone, path: str | os.PathLike, metadata: dict 
     meta = {"format": "protolabel-model", "format_version": MODEL_FORMAT_VERSION, "backbone": backbone.name,
             "preprocess": backbone.preprocess_config.to_dict(), **(metadata or {})}
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"protolabel": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"protolabel": json.dumps(meta)})
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .embedding import Embedder
 from .finetune import FinetuneProgress, FinetuneResult, adapted_tail, finetune_tail
 from .images import resize_for_model
@@ -436,13 +437,8 @@ class FewShotClassifier:
             "thresholds": self.thresholds() if self.ready() else {},
         }
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"protolabel": json.dumps(meta)})
-        import os
-
-        with open(tmp, "rb+") as fh:  # on disk before the rename, so a crash leaves the old or the new file
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # a crash leaves the old file or the new one
+            save_file(tensors, str(tmp), metadata={"protolabel": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder) -> "FewShotClassifier":

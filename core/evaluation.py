@@ -17,6 +17,7 @@ from typing import Generator
 import numpy as np
 import torch
 
+from .atomic import atomic_path, atomic_write_text
 from .embedding import CancelToken, Embedder, Skipped, file_stamp
 from .finetune import adapted_tail, finetune_tail
 from .images import class_folders
@@ -116,12 +117,9 @@ class _DiskCache:
             stamp = file_stamp(skip.path)
             if stamp is not None:
                 index[skip.path] = [stamp, -1, skip.reason]
-        tmp = self.tensors_path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.tensors_path)
-        tmp_index = self.index_path.with_suffix(".json.tmp")
-        tmp_index.write_text(json.dumps(index))
-        os.replace(tmp_index, self.index_path)
+        with atomic_path(self.tensors_path) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_text(self.index_path, json.dumps(index))
 
 
 def build_feature_table(

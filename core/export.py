@@ -4,7 +4,7 @@ Reading needs no model: project.json, labels.sqlite and the classifier file's JS
 Formats are writers in a small registry (`register_label_format`), dispatched by `iter_export` /
 `export_labels`:
 
-  csv          path,label,confidence,source (one file, written atomically)
+  csv          the labels CSV of core/labels_csv.py (one file, written atomically)
   json         {"format": "protolabel-labels", "version": 1, "project", "classes", "labels"} (one file)
   labelstudio  Label Studio tasks (one JSON file) and the matching labeling config (<stem>.label_config.xml)
   imagefolder  out/<class>/<file>                              (torchvision ImageFolder, Keras, fastai)
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import io
 import json
 import os
 import random
@@ -33,6 +32,7 @@ from typing import Callable, Generator, Iterator, NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
+from . import labels_csv
 from .classifier import UNKNOWN_LABEL
 from .embedding import Skipped
 from .labeling import Progress
@@ -85,6 +85,8 @@ class LabelEntry(NamedTuple):
     label: str  # a class name, or UNKNOWN_LABEL
     confidence: float | None
     source: str  # predicted | confirmed | support
+    similarity: float | None = None  # cosine to the closest class, where known
+    topk: tuple[tuple[str, float], ...] = ()  # the alternatives with their probabilities, where known
 
 
 @dataclass
@@ -211,7 +213,8 @@ def _read_project(folder: Path) -> LabelSet:
                 rejected.append(Skipped(s.path, str(exc)))
                 continue
             # The name as stored (not symlinks resolved): exported files keep the names the user knows.
-            add(LabelEntry(Path(os.path.abspath(Path(root) / s.path)), s.label, s.confidence, s.source))
+            add(LabelEntry(Path(os.path.abspath(Path(root) / s.path)), s.label, s.confidence, s.source,
+                           s.similarity, tuple((str(n), float(p)) for n, p in s.topk)))
     for ex in _support_examples(folder):
         ex_id, cls, source = str(ex.get("id", "")), ex.get("class"), ex.get("source")
         if not isinstance(cls, str) or not cls:
@@ -265,7 +268,12 @@ def _read_csv(path: Path) -> LabelSet:
         except ValueError:
             rejected.append(Skipped(name, f"line {i}: confidence '{row.get('confidence')}' is not a number"))
             continue
-        records.append(LabelEntry(Path(os.path.abspath(p)), label, conf, (row.get("source") or "predicted").strip()))
+        try:
+            similarity = float(row["similarity"]) if (row.get("similarity") or "").strip() else None
+        except ValueError:
+            similarity = None  # an extra column of the user's: not a reason to drop the label
+        records.append(LabelEntry(Path(os.path.abspath(p)), label, conf, (row.get("source") or "predicted").strip(),
+                                  similarity, labels_csv.alternatives(row)))
         if label != UNKNOWN_LABEL and label not in seen:
             seen.add(label)
             classes.append(label)
@@ -415,14 +423,11 @@ def _conf(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-@register_label_format("csv", "file", description="path,label,confidence,source")
+@register_label_format("csv", "file", description="path,label,confidence,similarity,source,top1,top1_confidence,...")
 def _write_csv(labelset: LabelSet, records: list[LabelEntry], out: Path) -> dict[Path, str]:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", "confidence", "source"])
-    for r in records:
-        writer.writerow([str(r.path), r.label, "" if r.confidence is None else f"{r.confidence:.4f}", r.source])
-    return {out: buf.getvalue()}
+    topk = max([labels_csv.DEFAULT_TOPK, *(len(r.topk) for r in records)])  # at least as many as `label` writes
+    return {out: labels_csv.labels_csv_text(((str(r.path), r.label, r.confidence, r.similarity, r.source, r.topk)
+                                             for r in records), topk)}
 
 
 @register_label_format("json", "file", description="one JSON document with the project, classes and labels")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import atomic_path
 from .backbones import Backbone
 from .classifier import DEFAULT_UNKNOWN_SIMILARITY, UNKNOWN_LABEL
 from .embedding import Embedder, decode_bound
@@ -246,15 +247,11 @@ def export_model(project_folder: str | os.PathLike, fmt: str, out: str | os.Path
     meta_text = json.dumps(meta, ensure_ascii=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "onnx":
             _export_onnx(module, embedder.config.size, tmp, meta_text)
         else:
             _export_torchscript(module, embedder.config.size, tmp, meta_text)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = out.with_name(out.name + ".json")
     atomic_write_text(sidecar, json.dumps(meta, indent=2, ensure_ascii=False))
     return ExportedModelInfo(out, fmt, sidecar, meta)

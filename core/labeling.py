@@ -5,7 +5,6 @@ between batches. Unreadable files are skipped and reported, never raised.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +12,11 @@ from typing import TYPE_CHECKING, Generator, Sequence
 
 import torch
 
+from .atomic import atomic_write_text
 from .classifier import FewShotClassifier, Prediction
 from .embedding import CancelToken, Skipped, load_many
 from .images import class_folders, list_images, to_tensor
+from .labels_csv import DEFAULT_TOPK, labels_csv_text
 
 if TYPE_CHECKING:
     from .project import EmbeddingCache
@@ -161,24 +162,10 @@ def query_paths(root: str | os.PathLike) -> list[Path]:
     return list_images(root)
 
 
-def write_labels_csv(records: Sequence[LabelRecord], out: str | os.PathLike, topk: int = 3) -> None:
-    """CSV: path,label,confidence,similarity,source,top1,top1_confidence,...; written atomically."""
+def write_labels_csv(records: Sequence[LabelRecord], out: str | os.PathLike, topk: int = DEFAULT_TOPK) -> None:
+    """The labels CSV (core.labels_csv: one schema for every writer), written atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        header = ["path", "label", "confidence", "similarity", "source"]
-        for k in range(1, topk + 1):
-            header += [f"top{k}", f"top{k}_confidence"]
-        writer.writerow(header)
-        for r in records:
-            p = r.prediction
-            row = [r.path, p.label, f"{p.probability:.4f}", f"{p.similarity:.4f}", r.source]
-            for k in range(topk):
-                if k < len(p.topk):
-                    row += [p.topk[k][0], f"{p.topk[k][1]:.4f}"]
-                else:
-                    row += ["", ""]
-            writer.writerow(row)
-    os.replace(tmp, out)
+    rows = ((r.path, r.prediction.label, r.prediction.probability, r.prediction.similarity, r.source,
+             r.prediction.topk) for r in records)
+    atomic_write_text(out, labels_csv_text(rows, topk))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path
 from .backbones import save_model_file
 from .embedding import CancelToken, Embedder
 from .evaluation import EmbedProgress, FeatureTable, build_feature_table
@@ -282,9 +283,8 @@ def metatrain(
                 "history": history, "rng": rng_states, "val_classes": val_classes, "config": asdict(cfg)}
         state = {"format_version": RESUME_FORMAT_VERSION, "meta": json.dumps(meta), "head": head.state_dict(),
                  "opt": opt.state_dict(), "best_tail": best_state, "augment_rng": gen_states}
-        tmp = _resume_path(out).with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, _resume_path(out))
+        with atomic_path(_resume_path(out)) as tmp:
+            torch.save(state, tmp)
 
     def write_model() -> None:
         model_backbone = copy.deepcopy(backbone).cpu()

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .atomic import atomic_path, atomic_write_text
 from .classifier import FewShotClassifier, Prediction, StateError
 from .embedding import Embedder, file_stamp
 
@@ -95,33 +96,14 @@ def restore_backup(folder: str | os.PathLike) -> None:
         path = folder / name
         if path.exists():
             os.replace(path, path.with_name(path.name + ".damaged"))
-        tmp = folder / f".{name}.restore.tmp"
         import shutil
 
-        shutil.copy2(folder / (name + BACKUP_SUFFIX), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            shutil.copy2(folder / (name + BACKUP_SUFFIX), tmp)
 
 
 def class_color(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temporary file in the same folder, fsync, rename: readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # not supported everywhere (Windows)
-        pass
 
 
 @dataclass

@@ -593,8 +593,9 @@ class Engine(QObject):
     def _refresh_folder(self, store: bool = True) -> None:
         """Predict the folder again with every label so far (core.session) and show it."""
         f = self.session
-        if f.predict() and store and bool(f.predicted.any()):
-            self._predictions_stored = False
+        if f.predict() and bool(f.predicted.any()):
+            self._predictions_stored = False  # labels.sqlite is behind, even when this refresh doesn't save
+        if store and not self._predictions_stored:
             self._mark_dirty()
         self._emit_folder()
 

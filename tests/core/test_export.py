@@ -74,7 +74,8 @@ def make_project(folder: Path, query_root: Path, classes: list[str],
             "query_root": str(query_root.resolve()), "settings": {}, "saved": "2026-11-27T12:00:00"}
     (folder / "project.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     store = LabelStore(folder / "labels.sqlite")
-    store.put_many(StoredLabel(p, label, conf, 0.7, source) for p, label, conf, source in rows)
+    store.put_many(StoredLabel(p, label, conf, 0.7, source, [(label, conf), ("zebra", 1 - conf)])
+                   for p, label, conf, source in rows)
     store.close()
     if files:
         for p, label, _, _ in rows:
@@ -152,15 +153,15 @@ def test_a_real_project_reads_back_without_the_model(real_project, monkeypatch):
             assert r.label == real_project["predictions"][str(p)].label
             assert r.confidence == pytest.approx(real_project["predictions"][str(p)].probability)
     # The correction is a support example and a confirmed label: it counts once, as confirmed.
-    assert by_path[real_project["corrected"].resolve()][1:] == ("circle", 1.0, "confirmed")
+    assert by_path[real_project["corrected"].resolve()][1:4] == ("circle", 1.0, "confirmed")
     # An example made from a labeled image: a person's label beats the prediction.
-    assert by_path[real_project["dropped"].resolve()][1:] == ("square", 1.0, "support")
+    assert by_path[real_project["dropped"].resolve()][1:4] == ("square", 1.0, "support")
     # Support examples from files: their original files; the camera frame: its PNG in the project.
     for name, paths in real_project["support"].items():
         for p in paths:
-            assert by_path[p.resolve()][1:] == (name, 1.0, "support")
+            assert by_path[p.resolve()][1:4] == (name, 1.0, "support")
     camera_png = (real_project["folder"] / "support" / f"{real_project['camera_id']}.png").resolve()
-    assert by_path[camera_png][1:] == ("square", 1.0, "support")
+    assert by_path[camera_png][1:4] == ("square", 1.0, "support")
     assert len(labels.records) == len(query_files) + 4 + 1
     assert labels.metadata["name"] == "project" and labels.metadata["backbone"] == "efficientnet_lite0"
 
@@ -217,11 +218,15 @@ def test_csv_round_trips(small, tmp_path):
     report = export_labels(labels, "csv", out)
     assert report.outputs == [out] and report.written == len(small["rows"])
     rows = read_csv_rows(out)
-    assert list(rows[0]) == ["path", "label", "confidence", "source"]
+    # One schema: what `protolabel label` and the window's Export labels (CSV) write (core/labels_csv.py).
+    assert list(rows[0]) == ["path", "label", "confidence", "similarity", "source",
+                             "top1", "top1_confidence", "top2", "top2_confidence", "top3", "top3_confidence"]
     want = {str((small["query"] / p).resolve()): (label, round(conf, 4), source) for p, label, conf, source in small["rows"]}
     assert {r["path"]: (r["label"], float(r["confidence"]), r["source"]) for r in rows} == want
-    again = read_labels(out)  # the exported CSV is itself a source
-    assert [(r.path, r.label, r.source) for r in again.records] == [(r.path, r.label, r.source) for r in labels.records]
+    again = read_labels(out)  # the exported CSV is itself a source, alternatives and similarity included
+    key = lambda r: (r.path, r.label, r.source, r.similarity and round(r.similarity, 4),  # noqa: E731
+                     tuple((n, round(p, 4)) for n, p in r.topk))
+    assert [key(r) for r in again.records] == [key(r) for r in labels.records]
     assert again.classes == ["cat", "dog", "bird"]  # a CSV has no class order: first appearance
 
 

@@ -296,7 +296,10 @@ def test_switching_the_model_keeps_classes_and_examples(qtbot, engine, tmp_path,
     assert settings["model"] == str(model.resolve())
 
 
-def test_export_labels_and_model_from_the_open_project(qtbot, engine, tmp_path):
+def test_export_labels_and_model_from_the_open_project(qtbot, engine, tmp_path, monkeypatch):
+    # The grid refreshes during labeling (at most once a second; here after every chunk, as on a slow machine,
+    # where the last refresh came during the job): those predictions must still reach the project and the export.
+    monkeypatch.setattr("desktop.engine.FOLDER_EMIT_INTERVAL_S", 0.0)
     write_tree(tmp_path / "support", per_class=2, classes=("circle", "square"), seed=1)
     write_tree(tmp_path / "query", per_class=3, classes=("circle", "square"), seed=2)
     engine.import_tree(str(tmp_path / "support"))
