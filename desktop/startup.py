@@ -326,12 +326,17 @@ def _load_failure(plugin: Path) -> tuple[list[str], str]:
     return missing, error
 
 
+def _found_plugins(name: str, dirs: Sequence[Path]) -> list[Path]:
+    """The files of platform plugin `name` in these folders, in the order Qt looks."""
+    return [f for d in dirs if (f := _plugin_file(d, name)).is_file()]
+
+
 def missing_libraries(plugins: Sequence[str] = ("xcb", "wayland")) -> dict[str, list[str]]:
     """The system libraries each of these platform plugins needs and can't find here (those found; ldd)."""
     dirs = [d for d in _plugin_dirs() if d.is_dir()]
     missing = {}
     for name in plugins:
-        found = [f for d in dirs if (f := _plugin_file(d, name)).is_file()]
+        found = _found_plugins(name, dirs)
         if found and (libraries := _load_failure(found[0])[0]):
             missing[name] = libraries
     return missing
@@ -343,7 +348,7 @@ def platform_diagnosis() -> str:
     dirs = [d for d in _plugin_dirs() if d.is_dir()]
     advice: list[str] = []
     for name in names:
-        found = [f for d in dirs if (f := _plugin_file(d, name)).is_file()]
+        found = _found_plugins(name, dirs)
         if not found:
             available = sorted({_plugin_name(p) for d in dirs for p in d.iterdir() if p.is_file()})
             looked = ", ".join(str(d) for d in _plugin_dirs()) or "(no plugin folder found)"

@@ -34,7 +34,7 @@ class Shown:
 
 def show_app(command: list[str], folder: Path, env: dict[str, str], wm_class: str = "ProtoLabel",
              screen: tuple[int, int] = (1366, 768), cwd: Path | None = None) -> Shown:
-    """Start command on a fresh Xvfb (DISPLAY added to env), wait for its window to be drawn, close it. Its
+    """Start command on a fresh Xvfb (DISPLAY set in env, WAYLAND_DISPLAY taken out), wait for its window to be drawn, close it. Its
     output goes to folder/app.log, the screenshot to folder/screen.png; a traceback in the log fails."""
     import cv2
 
@@ -42,7 +42,7 @@ def show_app(command: list[str], folder: Path, env: dict[str, str], wm_class: st
     try:
         with (folder / "app.log").open("w") as log:
             proc = subprocess.Popen(command, cwd=cwd or folder, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**env, "DISPLAY": x.display})
+                                    env={k: v for k, v in env.items() if k != "WAYLAND_DISPLAY"} | {"DISPLAY": x.display})
         try:
             window = x.wait_for_window(wm_class, proc)
             shown = Shown(*x.geometry(window), x.icon_sizes(window), x.wait_for_drawing(proc))

@@ -25,8 +25,7 @@ def app_command() -> list[str]:
 
 
 def test_the_window_opens_on_xcb(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    shown = show_app(app_command(), tmp_path, dict(env, QT_QPA_PLATFORM="xcb",
+    shown = show_app(app_command(), tmp_path, dict(os.environ, QT_QPA_PLATFORM="xcb",
                                                    PROTOLABEL_DATA_DIR=str(tmp_path / "data")),
                      screen=SCREEN, cwd=ROOT)
     assert (16, 16) in shown.icons and (48, 48) in shown.icons, f"the window's icons: {shown.icons}"
