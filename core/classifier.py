@@ -5,9 +5,8 @@ adding an example costs one forward pass and a prototype update costs a mean ove
 """
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,47 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from .calibration import DEFAULT_UNKNOWN_SIMILARITY, Calibration, calibrate, single_class_probability
+from .classifier_state import STATE_FORMAT_VERSION, StateError, read_state, write_state
 from .embedding import Embedder
 from .finetune import FinetuneProgress, FinetuneResult, adapted_tail, finetune_tail
 from .images import resize_for_model
-from .methods import DEFAULT_SCALE, class_means, create_method, fit_logit_scale
+from .methods import FewShotMethod, class_means, create_method
 
 __all__ = ["FewShotClassifier", "Prediction", "Example", "StateError", "STATE_FORMAT_VERSION", "UNKNOWN_LABEL"]
 
-STATE_FORMAT_VERSION = 1
 UNKNOWN_LABEL = "unknown"
-# Fallback similarity threshold (cosine of raw features to the best prototype) for classes with fewer than
-# 3 examples. Measured on openclipart, 1-shot prototypes, 300 episodes (2026-11-27): 0.50 calls 3.6% of same-class
-# queries unknown (0.55: 11%). Clip art of *other* classes is as close as same-class clip art there, so
-# this threshold catches pictures from another world (photos among drawings), not near neighbours.
-DEFAULT_UNKNOWN_SIMILARITY = 0.50
-UNKNOWN_PERCENTILE = 5.0
-
-
-class StateError(ValueError):
-    """A saved classifier state that can't be used (other format version, other backbone, damaged)."""
-
-
-MIN_SIMILARITY_SPREAD = 0.04
-# One-sided 99% Student t quantiles by degrees of freedom (larger df: the normal 2.326).
-_T99 = {2: 6.965, 3: 4.541, 4: 3.747, 5: 3.365, 6: 3.143, 7: 2.998, 8: 2.896, 9: 2.821, 10: 2.764, 12: 2.681,
-        15: 2.602, 20: 2.528, 30: 2.457}
-
-
-def _lower_prediction_bound(sims: Sequence[float]) -> float:
-    """99% lower prediction bound of the next same-class similarity from n held-out ones (normal model).
-
-    With 3-5 examples a low percentile is just the minimum of a tiny sample and sits far too high: with 3
-    shapes per class it called 4 in 10 new same-class frames unknown (desktop test, 2026-11-27). The t
-    quantile widens the bound while few examples say little about the spread, and tightens as they come."""
-    n = len(sims)
-    df = n - 1
-    t = next((v for k, v in sorted(_T99.items()) if df <= k), 2.326)
-    # Near-duplicate examples (a held capture key on a still scene) have almost no spread; the floor keeps
-    # the bound from closing in on 1.0 and calling every new view unknown.
-    spread = max(float(np.std(sims, ddof=1)), MIN_SIMILARITY_SPREAD)
-    return float(np.mean(sims) - t * spread * np.sqrt(1 + 1 / n))
 
 
 @dataclass
@@ -85,12 +53,6 @@ class Prediction:
         return 1.0 - self.similarity
 
 
-@dataclass
-class _Calibration:
-    scale: float = DEFAULT_SCALE
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-
 class FewShotClassifier:
     """Support set + method + unknown rejection + optional adapted tail, over an Embedder.
 
@@ -99,6 +61,9 @@ class FewShotClassifier:
     """
 
     def __init__(self, embedder: Embedder, method: str = "prototypes", unknown: str | float = "auto", topk: int = 3) -> None:
+        if create_method(method).is_transductive():  # KeyError, naming the known ones, for an unknown method
+            raise ValueError(f"method '{method}' is transductive; choose an inductive method (its transductive "
+                             "variant is used where a whole folder is labeled at once)")
         self.embedder = embedder
         self.method_name = method
         self.unknown = unknown
@@ -108,14 +73,16 @@ class FewShotClassifier:
         self.generation = 0
         self.adapted_tail: torch.nn.Module | None = None
         self.finetune_info: dict = {}
-        self._method = None
-        self._calibration: _Calibration | None = None
+        self._methods: dict[bool, FewShotMethod] = {}
+        self._calibration: Calibration | None = None
+        self._prototypes: tuple[torch.Tensor, list[str]] | None = None
 
     # ------------------------------------------------------------------ classes and examples
     def _changed(self) -> None:
         self.generation += 1
-        self._method = None
+        self._methods = {}
         self._calibration = None
+        self._prototypes = None
 
     def add_class(self, name: str) -> None:
         name = name.strip()
@@ -237,68 +204,35 @@ class FewShotClassifier:
         return feats, labels, used
 
     def prototypes(self) -> tuple[torch.Tensor, list[str]]:
-        """-> (C, D) raw mean feature per class that has examples, and their names."""
-        feats, labels, used = self._support()
-        return (class_means(feats, labels, len(used)) if used else feats[:0]), used
-
-    def _get_method(self, transductive: bool):
-        """The method fitted to the current support; cached until the next change (live video calls this
-        for every frame)."""
-        if self._method is None:
-            self._method = {}
-        if transductive not in self._method:
+        """-> (C, D) raw mean feature per class that has examples, and their names; cached until the next change
+        (live video reads them for every frame)."""
+        if self._prototypes is None:
             feats, labels, used = self._support()
-            method = create_method("transductive" if transductive else self.method_name)
-            method.process_support_set(feats, labels, len(used))
-            self._method[transductive] = (method, used, F.normalize(class_means(feats, labels, len(used)), dim=-1))
-        return self._method[transductive]
+            self._prototypes = (class_means(feats, labels, len(used)) if used else feats[:0]), used
+        means, used = self._prototypes
+        return means, list(used)
 
-    # ------------------------------------------------------------------ calibration (leave-one-out)
-    def _calibrate(self) -> _Calibration:
-        """Leave-one-out on the support, in closed form (one pass, no refitting per example):
-        per-class unknown thresholds from held-out similarities, and the softmax temperature."""
-        if self._calibration is not None:
-            return self._calibration
-        feats, labels, used = self._support()
-        cal = _Calibration()
-        if not used:
-            self._calibration = cal
-            return cal
-        n_classes = len(used)
-        counts = torch.bincount(labels, minlength=n_classes).to(feats.dtype)
-        own = counts[labels]  # (N,) size of each example's class
-        held = own >= 2  # examples whose class keeps at least one other example
-        # Raw-feature similarity of each example to its class prototype without it.
-        sums = class_means(feats, labels, n_classes) * counts[:, None]
-        loo_proto = (sums[labels] - feats) / (own - 1).clamp(min=1)[:, None]
-        loo_sims: dict[int, list[float]] = {c: [] for c in range(n_classes)}
-        sims = F.cosine_similarity(feats, loo_proto, dim=-1)
-        for i in held.nonzero().flatten().tolist():
-            loo_sims[int(labels[i])].append(float(sims[i]))
-        # Method-space cosine logits with the example's own class prototype recomputed without it
-        # (the centre is kept from the full support: a small, conservative approximation).
-        if n_classes >= 2 and int(held.sum()) >= 4:
-            method = create_method("prototypes")
-            method.process_support_set(feats, labels, n_classes)
-            normed = F.normalize(feats - method.center, dim=-1)
-            nsums = method.prototypes * counts[:, None]
-            cos = normed @ F.normalize(method.prototypes, dim=-1).T  # (N, C)
-            own_proto = (nsums[labels] - normed) / (own - 1).clamp(min=1)[:, None]
-            cos[torch.arange(len(feats)), labels] = F.cosine_similarity(normed, own_proto, dim=-1)
-            cal.scale = fit_logit_scale(cos[held], labels[held])
-        # Per-class threshold: a low percentile of held-out similarities; fallback for small classes.
-        small_fallback = DEFAULT_UNKNOWN_SIMILARITY
-        for c, name in enumerate(used):
-            sims = loo_sims[c]
-            if len(sims) >= 3:
-                cal.thresholds[name] = min(float(np.percentile(sims, UNKNOWN_PERCENTILE)) - 0.02,
-                                           _lower_prediction_bound(sims))
-            elif sims:
-                cal.thresholds[name] = min(small_fallback, min(sims) - 0.05)
-            else:
-                cal.thresholds[name] = small_fallback
-        self._calibration = cal
-        return cal
+    def fitted_method(self, transductive: bool = False) -> FewShotMethod:
+        """The method fitted to the current support (classes in ``prototypes()`` order); cached until the next
+        change (live video calls this for every frame). transductive: the method's transductive variant, when
+        it has one."""
+        if transductive not in self._methods:
+            name = self.method_name
+            if transductive:
+                name = create_method(name).transductive_variant or name
+            feats, labels, used = self._support()
+            method = create_method(name)
+            method.process_support_set(feats, labels, len(used))
+            self._methods[transductive] = method
+        return self._methods[transductive]
+
+    def calibration(self) -> Calibration:
+        """Softmax scale and unknown thresholds from leave-one-out on the support; cached until the next change."""
+        if self._calibration is None:
+            feats, labels, used = self._support()
+            method = self.fitted_method() if used else create_method(self.method_name)
+            self._calibration = calibrate(method, feats, labels, used)
+        return self._calibration
 
     def thresholds(self) -> dict[str, float]:
         """Similarity below which a query predicted as that class is called unknown."""
@@ -306,7 +240,7 @@ class FewShotClassifier:
             return {}
         if isinstance(self.unknown, (int, float)) and not isinstance(self.unknown, bool):
             return {c: float(self.unknown) for c in self.prototypes()[1]}
-        return dict(self._calibrate().thresholds)
+        return dict(self.calibration().thresholds)
 
     # ------------------------------------------------------------------ prediction
     def predict_features(self, query: torch.Tensor, transductive: bool = False) -> list[Prediction]:
@@ -316,25 +250,24 @@ class FewShotClassifier:
             return []
         if not self.ready():
             raise RuntimeError("add at least one example before predicting")
+        raw_protos, used = self.prototypes()
         with torch.inference_mode():
-            method, used, raw_protos = self._get_method(False)
-            cos = method(query.float()) / method.scale  # (Q, C) cosine in the method's space
-            scale = self._calibrate().scale
-            probs = (scale * cos).softmax(-1)
-            raw_sims = F.normalize(query.float(), dim=-1) @ raw_protos.T  # (Q, C)
+            method = self.fitted_method()
+            calibration = self.calibration()
+            probs = (calibration.scale * method.scores(query.float())).softmax(-1)
+            raw_sims = F.normalize(query.float(), dim=-1) @ F.normalize(raw_protos, dim=-1).T  # (Q, C)
             # Transductive: the joint fit picks the class; probabilities stay the calibrated inductive ones.
             # Its own softmax read 0.76 where 0.46 was right (clip art, 5 classes x 8 queries, 2026-11-27),
             # and a label the two disagree on gets a low probability: first in "least confident first".
             if transductive:
-                choice = self._get_method(True)[0](query.float()).argmax(-1)
+                choice = self.fitted_method(True)(query.float()).argmax(-1)
             else:
                 choice = probs.argmax(-1)
         thresholds = self.thresholds()
         if len(used) == 1:
             # A softmax over one class is always 1. Say instead how clearly the query clears the class's
-            # unknown threshold: 0.5 at the threshold, ~0.95 at +0.09 cosine above it.
-            threshold = self._calibrate().thresholds.get(used[0], DEFAULT_UNKNOWN_SIMILARITY)
-            probs = torch.sigmoid((raw_sims - threshold) / 0.03)
+            # unknown threshold.
+            probs = single_class_probability(raw_sims, calibration.thresholds.get(used[0], DEFAULT_UNKNOWN_SIMILARITY))
         k = min(self.topk, len(used))
         top_p, top_i = probs.topk(k, dim=-1)
         out = []
@@ -410,71 +343,39 @@ class FewShotClassifier:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """One safetensors file: tensors + JSON metadata. Loaded without pickle."""
-        from safetensors.torch import save_file
-
-        exs = list(self.examples.values())
-        tensors: dict[str, torch.Tensor] = {}
-        if exs:
-            tensors["features"] = torch.stack([e.feature for e in exs]).float().contiguous()
-            tensors["maps"] = torch.stack([e.map for e in exs]).to(torch.float16).contiguous()
-            if all(e.image is not None for e in exs):
-                tensors["images"] = torch.from_numpy(np.stack([e.image for e in exs])).contiguous()
-        if self.adapted_tail is not None:
-            for k, v in self.adapted_tail.state_dict().items():
-                tensors[f"tail.{k}"] = v.detach().cpu().contiguous()
+        """One safetensors file (core.classifier_state): tensors + JSON metadata, replaced atomically."""
         meta = {
-            "format": "protolabel-classifier",
-            "format_version": STATE_FORMAT_VERSION,
             "backbone": self.embedder.backbone.name,
             "model_key": self.embedder.model_key(),
             "preprocess": self.embedder.config.to_dict(),
             "method": self.method_name,
             "unknown": self.unknown,
             "classes": self.classes,
-            "examples": [{"id": e.id, "class": e.class_name, "source": e.source} for e in exs],
+            "examples": [{"id": e.id, "class": e.class_name, "source": e.source} for e in self.examples.values()],
             "finetune": self.finetune_info,
             "thresholds": self.thresholds() if self.ready() else {},
         }
-        path = Path(path)
-        with atomic_path(path) as tmp:  # a crash leaves the old file or the new one
-            save_file(tensors, str(tmp), metadata={"protolabel": json.dumps(meta)})
+        write_state(path, meta, list(self.examples.values()), self.adapted_tail)
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder) -> "FewShotClassifier":
-        from safetensors import safe_open
-
-        path = Path(path)
+        """A classifier saved by ``save``, on `embedder`. Raises StateError for a file it can't use."""
+        state = read_state(path, embedder.backbone.name)
+        meta = state.meta
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta_text = (f.metadata() or {}).get("protolabel")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # noqa: BLE001
-            raise StateError(f"'{path}' is not a ProtoLabel classifier file ({exc})") from exc
-        if not meta_text:
-            raise StateError(f"'{path}' has no ProtoLabel metadata")
-        meta = json.loads(meta_text)
-        version = meta.get("format_version")
-        if meta.get("format") != "protolabel-classifier" or not isinstance(version, int):
-            raise StateError(f"'{path}' is not a ProtoLabel classifier file")
-        if version > STATE_FORMAT_VERSION:
-            raise StateError(f"'{path}' was written by a newer ProtoLabel (format {version}; this one reads up to "
-                             f"{STATE_FORMAT_VERSION}); update ProtoLabel")
-        if meta["backbone"] != embedder.backbone.name:
-            raise StateError(f"'{path}' was made with backbone '{meta['backbone']}', not '{embedder.backbone.name}'")
-        unknown = meta.get("unknown", "auto")
-        clf = cls(embedder, method=meta.get("method", "prototypes"), unknown=unknown)
+            clf = cls(embedder, method=meta.get("method", "prototypes"), unknown=meta.get("unknown", "auto"))
+        except (KeyError, ValueError) as exc:  # a method this installation doesn't have
+            raise StateError(f"'{path}' needs {exc}") from exc
         clf.classes = list(meta["classes"])
         same_model = meta.get("model_key") == embedder.model_key()
-        images = tensors.get("images")
+        images = state.images
         for i, info in enumerate(meta["examples"]):
             img = images[i].numpy() if images is not None else None
-            clf.examples[info["id"]] = Example(info["id"], info["class"], tensors["features"][i], tensors["maps"][i],
+            clf.examples[info["id"]] = Example(info["id"], info["class"], state.features[i], state.maps[i],
                                                img, info.get("source"))
-        tail_state = {k[5:]: v for k, v in tensors.items() if k.startswith("tail.")}
         clf.finetune_info = meta.get("finetune", {})
-        if tail_state:
-            clf._apply_tail(tail_state)
+        if state.tail_state:
+            clf._apply_tail(state.tail_state)
         if not same_model and clf.examples:
             # Other weights than the ones that embedded the support: re-embed from the stored images.
             if images is None:

@@ -209,9 +209,11 @@ def evaluate(
     finetune_steps: int = 40,
     cancel: CancelToken | None = None,
     method_kwargs: dict | None = None,
+    method: str = "prototypes",
 ) -> Generator[EpisodeProgress, None, dict[int, EvalResult] | None]:
     """Yields EpisodeProgress, returns {shot: EvalResult} (None when cancelled). The episode list depends only on (seed, shot),
-    so every mode sees the same episodes. Adaptation time: from cached features to query predictions
+    so every mode sees the same episodes. method: a registered method; transductive: its transductive variant.
+    Adaptation time: from cached features to query predictions
     (fine-tuning and re-running the tail included when fine-tuning)."""
     if min(shots, default=0) < 1 or query < 1 or episodes < 1 or way < 2:
         raise ValueError("evaluate needs --way >= 2 and --shot, --query, --episodes >= 1")
@@ -219,7 +221,7 @@ def evaluate(
         raise ValueError("fine-tuned evaluation needs the embedder and trunk maps")
     items = table.items_per_class()
     results: dict[int, EvalResult] = {}
-    name = "transductive" if transductive else "prototypes"
+    name = (create_method(method).transductive_variant or method) if transductive else method
     for shot in shots:
         rng = np.random.default_rng([seed, shot])
         accs: list[float] = []
@@ -246,10 +248,10 @@ def evaluate(
                     s_feat, q_feat = table.features[s_idx], table.features[q_idx]
             else:
                 s_feat, q_feat = table.features[s_idx], table.features[q_idx]
-            method = create_method(name, **(method_kwargs or {}))
+            fitted = create_method(name, **(method_kwargs or {}))
             with torch.inference_mode():
-                method.process_support_set(s_feat, s_lab, way)
-                pred = method(q_feat).argmax(-1)
+                fitted.process_support_set(s_feat, s_lab, way)
+                pred = fitted(q_feat).argmax(-1)
             times.append((time.perf_counter() - t0) * 1000)
             accs.append(float((pred == q_lab).float().mean()) * 100)
             yield EpisodeProgress(shot, e + 1, episodes, float(np.mean(accs)))

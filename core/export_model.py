@@ -6,8 +6,8 @@ The exported network maps a preprocessed batch (B, 3, S, S) float32 (what ``imag
                         (with one class: the sigmoid of the margin over its unknown threshold, as there)
   similarities  (B, C): cosine similarity of the raw features to each class's raw prototype
 
-through the trunk, the (possibly fine-tuned) tail, the prototype method's centre and prototypes (buffers)
-and the calibrated scale, all fp32. The unknown rule needs nothing else: best = argmax(probabilities);
+through the trunk, the (possibly fine-tuned) tail, the method's export head (``FewShotMethod.export_head``:
+for the prototypes method its centre and prototypes as buffers) and the calibrated scale, all fp32. The unknown rule needs nothing else: best = argmax(probabilities);
 the label is classes[best], or "unknown" when similarities[best] < thresholds[classes[best]].
 
 The metadata (JSON; ``METADATA_KEY`` in ONNX ``metadata_props``, ``TORCHSCRIPT_EXTRA_FILE`` in TorchScript's
@@ -34,9 +34,9 @@ from torch import nn
 
 from .atomic import atomic_path
 from .backbones import Backbone
-from .classifier import DEFAULT_UNKNOWN_SIMILARITY, UNKNOWN_LABEL
+from .calibration import DEFAULT_UNKNOWN_SIMILARITY, single_class_probability
+from .classifier import UNKNOWN_LABEL
 from .embedding import Embedder, decode_bound
-from .methods import PrototypeClassifier
 
 __all__ = [
     "EXPORT_FORMAT_VERSION",
@@ -57,8 +57,6 @@ TORCHSCRIPT_EXTRA_FILE = "protolabel.json"  # torch.jit.save _extra_files name
 ONNX_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "similarities")
-# FewShotClassifier.predict_features: with one class, probability = sigmoid((similarity - threshold) / 0.03).
-SINGLE_CLASS_TEMPERATURE = 0.03
 
 
 @dataclass
@@ -80,29 +78,27 @@ class ExportedModelInfo:
 class ExportedClassifier(nn.Module):
     """(B, 3, S, S) preprocessed float32 -> probabilities (B, C), similarities (B, C).
 
-    features: a Backbone (trunk + the tail to export); center (D,) and prototypes (C, D) in the method's
-    space; raw_prototypes (C, D) mean raw features; scale: the calibrated softmax scale. single_threshold:
-    with one class, its unknown threshold (the probability is then a sigmoid of the margin over it)."""
+    features: a Backbone (trunk + the tail to export); head: the method's export head, (B, D) -> (B, C) scores;
+    raw_prototypes (C, D) mean raw features; scale: the calibrated softmax scale. single_threshold: with one
+    class, its unknown threshold (the probability is then a sigmoid of the margin over it)."""
 
-    def __init__(self, features: Backbone, center: torch.Tensor, prototypes: torch.Tensor,
-                 raw_prototypes: torch.Tensor, scale: float, single_threshold: float | None = None) -> None:
+    def __init__(self, features: Backbone, head: nn.Module, raw_prototypes: torch.Tensor, scale: float,
+                 single_threshold: float | None = None) -> None:
         super().__init__()
         self.features = features
+        self.head = head
         # clone(): tensors made under inference_mode can't be saved in a traced graph.
-        self.register_buffer("center", center.detach().float().cpu().clone())
-        self.register_buffer("prototypes", F.normalize(prototypes.detach().float().cpu().clone(), dim=-1))
         self.register_buffer("raw_prototypes", F.normalize(raw_prototypes.detach().float().cpu().clone(), dim=-1))
         self.scale = float(scale)
         self.single_threshold = single_threshold
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(x)  # (B, D)
-        cos = F.normalize(feats - self.center, dim=-1) @ self.prototypes.T  # (B, C)
         sims = F.normalize(feats, dim=-1) @ self.raw_prototypes.T  # (B, C)
         if self.single_threshold is None:
-            probs = (self.scale * cos).softmax(-1)
+            probs = (self.scale * self.head(feats)).softmax(-1)
         else:
-            probs = torch.sigmoid((sims - self.single_threshold) / SINGLE_CLASS_TEMPERATURE)
+            probs = single_class_probability(sims, self.single_threshold)
         return probs, sims
 
 
@@ -112,10 +108,12 @@ def build_export_module(classifier) -> tuple[ExportedClassifier, list[str], dict
     The backbone's trunk and the current tail (adapted or pristine) are copied: the live model is left as it is."""
     if not classifier.ready():
         raise ValueError("nothing to export: the project has no class with examples (add at least one example)")
-    method, used, raw_protos = classifier._get_method(False)
-    if not isinstance(method, PrototypeClassifier) or method.is_transductive():
-        raise ValueError(f"method '{classifier.method_name}' can't be exported; only inductive prototype methods can")
-    calibration = classifier._calibrate()
+    raw_protos, used = classifier.prototypes()
+    try:
+        head = classifier.fitted_method().export_head()
+    except NotImplementedError as exc:
+        raise ValueError(f"method '{classifier.method_name}' can't be exported: {exc}") from exc
+    calibration = classifier.calibration()
     backbone: Backbone = classifier.embedder.backbone
     tail = classifier.adapted_tail if classifier.adapted_tail is not None else backbone.tail
     features = Backbone(backbone.name, copy.deepcopy(backbone.trunk), copy.deepcopy(tail), backbone.head_dim,
@@ -123,7 +121,7 @@ def build_export_module(classifier) -> tuple[ExportedClassifier, list[str], dict
     single = None
     if len(used) == 1:
         single = calibration.thresholds.get(used[0], DEFAULT_UNKNOWN_SIMILARITY)
-    module = ExportedClassifier(features, method.center, method.prototypes, raw_protos, calibration.scale, single)
+    module = ExportedClassifier(features, head, raw_protos, calibration.scale, single)
     module = module.float().cpu().eval()
     for p in module.parameters():
         p.requires_grad_(False)

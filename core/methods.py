@@ -6,6 +6,7 @@ Shared tensor helpers are pure functions.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -20,7 +21,9 @@ __all__ = [
     "class_means",
     "cosine_logits",
     "create_method",
-    "fit_logit_scale",
+    "CentredCosineHead",
+    "centred_cosines",
+    "centred_prototypes",
     "register_method",
 ]
 
@@ -56,35 +59,71 @@ def cosine_logits(query: torch.Tensor, prototypes: torch.Tensor, scale: float = 
     return scale * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
 
 
-def fit_logit_scale(cos: torch.Tensor, target: torch.Tensor) -> float:
-    """(N, C) held-out cosines, (N,) their classes -> the logit scale (1 to 200, log grid) with the least NLL.
-
-    Label smoothing 1/(n+2) (Laplace's rule of succession): n held-out examples all right do not justify
-    certainty; without it a separable support drove the scale to the grid's end and every prediction read
-    99-100%, which made "least confident first" useless (desktop screenshots)."""
-    grid = torch.logspace(0, 2.3, 40)
-    smooth = 1.0 / (len(target) + 2)
-    nll = torch.stack([F.cross_entropy(t * cos, target, label_smoothing=smooth) for t in grid])
-    return float(grid[int(nll.argmin())])
-
-
 class FewShotMethod(nn.Module):
-    """Base: subclasses implement process_support_set and forward."""
+    """Base of every method: what prediction, calibration and export need, and nothing else.
+
+    A subclass implements ``scores`` (and usually ``process_support_set``, calling this one first). To be
+    exported it implements ``export_head``; ``held_out_scores`` has a generic (refitting) form that a method
+    may replace with a closed form. ``transductive_variant`` names the registered method that refines this
+    one with the whole query batch (folder labeling), or None."""
+
+    transductive_variant: str | None = None
 
     def __init__(self, scale: float = DEFAULT_SCALE) -> None:
         super().__init__()
         self.scale = scale
-        self.prototypes: torch.Tensor = torch.empty(0)
+        self.support_features = torch.empty(0)
+        self.support_labels = torch.empty(0, dtype=torch.long)
+        self.n_classes = 0
 
     def process_support_set(self, features: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None) -> None:
+        """features (N, D), labels (N,) in [0, C)."""
+        self.n_classes = int(labels.max().item()) + 1 if n_classes is None else n_classes
+        self.support_features = features
+        self.support_labels = labels
+
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
+        """(Q, D) -> (Q, C) unscaled similarity of each query to each class (a cosine, for the built-in methods):
+        calibration fits the softmax scale on these."""
         raise NotImplementedError
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(Q, D) -> (Q, C) logits."""
+        return self.scale * self.scores(query)
+
+    def held_out_scores(self) -> torch.Tensor:
+        """(N, C): each support example scored by the method fitted to the support without it (leave-one-out).
+        Generic form: one refit per example; rows whose class has a single example are not meaningful."""
+        feats, labels, n_classes = self.support_features, self.support_labels, self.n_classes
+        rows = []
+        for i in range(len(labels)):
+            keep = torch.arange(len(labels)) != i
+            other = copy.deepcopy(self)
+            other.process_support_set(feats[keep], labels[keep], n_classes)
+            rows.append(other.scores(feats[i : i + 1])[0])
+        return torch.stack(rows) if rows else feats.new_zeros(0, n_classes)
+
+    def export_head(self) -> nn.Module:
+        """A traceable module (B, D) features -> (B, C) ``scores``, holding the fitted support as fp32 CPU
+        buffers: the exported model's last stage (ONNX, TorchScript)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exportable form")
 
     @staticmethod
     def is_transductive() -> bool:
         return False
+
+
+class CentredCosineHead(nn.Module):
+    """(B, D) -> (B, C) cosine of the centred query to each prototype: the prototypes method, exported."""
+
+    def __init__(self, center: torch.Tensor, prototypes: torch.Tensor) -> None:
+        super().__init__()
+        # clone(): tensors made under inference_mode can't be saved in a traced graph.
+        self.register_buffer("center", center.detach().float().cpu().clone())
+        self.register_buffer("prototypes", F.normalize(prototypes.detach().float().cpu().clone(), dim=-1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features - self.center, dim=-1) @ self.prototypes.T
 
 
 class PrototypeClassifier(FewShotMethod):
@@ -94,23 +133,18 @@ class PrototypeClassifier(FewShotMethod):
     else the class-balanced mean of the support (the mean of class means), so no class dominates it.
     """
 
+    transductive_variant = "transductive"
+
     def __init__(self, scale: float = DEFAULT_SCALE, center: torch.Tensor | None = None) -> None:
         super().__init__(scale)
         self.fixed_center = center
         self.center = torch.empty(0)
-        self.support_features = torch.empty(0)
-        self.support_labels = torch.empty(0, dtype=torch.long)
-        self.n_classes = 0
-
-    def _normalise(self, x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x - center, dim=-1)
+        self.prototypes = torch.empty(0)
 
     def process_support_set(self, features: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None) -> None:
         """features (N, D), labels (N,) in [0, C)."""
-        n_classes = int(labels.max().item()) + 1 if n_classes is None else n_classes
-        self.n_classes = n_classes
-        self.support_features = features
-        self.support_labels = labels
+        super().process_support_set(features, labels, n_classes)
+        n_classes = self.n_classes
         means = class_means(features, labels, n_classes)
         present = torch.bincount(labels, minlength=n_classes) > 0
         if self.fixed_center is not None:
@@ -122,9 +156,25 @@ class PrototypeClassifier(FewShotMethod):
             center = torch.zeros_like(features[0])
         self.prototypes, self.center = centred_prototypes(features, labels, n_classes, center)
 
-    def forward(self, query: torch.Tensor) -> torch.Tensor:
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
         """(Q, D) -> (Q, C)"""
-        return self.scale * centred_cosines(query, self.prototypes, self.center)
+        return centred_cosines(query, self.prototypes, self.center)
+
+    def held_out_scores(self) -> torch.Tensor:
+        """Closed form, no refit: each example's own class prototype is recomputed without it; the centre is
+        kept from the full support (a small, conservative approximation)."""
+        feats, labels = self.support_features, self.support_labels
+        counts = torch.bincount(labels, minlength=self.n_classes).to(feats.dtype)
+        own = counts[labels]
+        normed = F.normalize(feats - self.center, dim=-1)
+        cos = normed @ F.normalize(self.prototypes, dim=-1).T  # (N, C)
+        own_proto = (self.prototypes * counts[:, None])[labels] - normed
+        own_proto = own_proto / (own - 1).clamp(min=1)[:, None]
+        cos[torch.arange(len(feats)), labels] = F.cosine_similarity(normed, own_proto, dim=-1)
+        return cos
+
+    def export_head(self) -> nn.Module:
+        return CentredCosineHead(self.center, self.prototypes)
 
 
 class TransductivePrototypes(PrototypeClassifier):
@@ -152,11 +202,11 @@ class TransductivePrototypes(PrototypeClassifier):
     def is_transductive() -> bool:
         return True
 
-    def forward(self, query: torch.Tensor) -> torch.Tensor:
-        """(Q, D) -> (Q, C); all Q queries are used together."""
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
+        """(Q, D) -> (Q, C) cosines; all Q queries are used together."""
         if query.shape[0] == 0:
             return query.new_zeros(0, self.n_classes)
-        support = self._normalise(self.support_features, self.center)
+        support = F.normalize(self.support_features - self.center, dim=-1)
         q = F.normalize(query - self.center, dim=-1)
         q = F.normalize(q - q.mean(0) + support.mean(0), dim=-1)
         counts = torch.bincount(self.support_labels, minlength=self.n_classes).to(q.dtype)
@@ -165,14 +215,21 @@ class TransductivePrototypes(PrototypeClassifier):
         for _ in range(self.iterations):
             weights = (self.assign_scale * q @ F.normalize(prototypes, dim=-1).T).softmax(-1) * self.query_weight
             prototypes = (sums + weights.T @ q) / (counts + weights.sum(0)).clamp(min=1e-6)[:, None]
-        return cosine_logits(q, prototypes, self.scale)
+        return cosine_logits(q, prototypes, 1.0)
+
+    def export_head(self) -> nn.Module:
+        raise NotImplementedError("a transductive method scores a whole batch at once; the exported model is "
+                                  "the inductive one")
 
 
 _METHODS: dict[str, Callable[..., FewShotMethod]] = {}
 
 
-def register_method(name: str, factory: Callable[..., FewShotMethod]) -> None:
+def register_method(name: str, factory: Callable[..., FewShotMethod]) -> Callable[..., FewShotMethod]:
+    """Make `factory` (a FewShotMethod subclass, or anything that builds one from keyword arguments) available
+    as `name` everywhere a method is chosen: the classifier, its saved state, evaluation, export."""
     _METHODS[name] = factory
+    return factory
 
 
 def available_methods() -> list[str]:

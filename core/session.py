@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .classifier import UNKNOWN_LABEL, FewShotClassifier, Prediction
 from .embedding import CancelToken
 from .labeling import LabelRecord, Progress, label_paths
-from .methods import fit_logit_scale
+from .calibration import fit_logit_scale
 from .runs import finish
 
 if TYPE_CHECKING:

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 
 import core
+import core.calibration
+import core.methods
 from core.classifier import FewShotClassifier
 from core.export_model import METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, export_model, read_exported_metadata
 from core.images import list_images, load_image, preprocess
@@ -213,6 +215,95 @@ def test_refuses_a_project_without_examples_and_unknown_formats(tmp_path, embedd
     with pytest.raises(ValueError, match="unknown export format"):
         export_model(exported["plain"][0], "tflite", tmp_path / "x.tflite", embedder)
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".x.*"))
+
+
+# ------------------------------------------------------------------------------------------- a third method
+
+
+class _NearestHead(torch.nn.Module):
+    """(B, D) -> (B, C): the best cosine to any support example of each class."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("support", torch.nn.functional.normalize(features.detach().float().clone(), dim=-1))
+        self.register_buffer("other", torch.nn.functional.one_hot(labels, n_classes).T == 0)  # (C, N)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        sims = torch.nn.functional.normalize(features, dim=-1) @ self.support.T  # (B, N)
+        return sims[:, None, :].masked_fill(self.other, -2.0).amax(-1)
+
+
+class _NearestExample(core.methods.FewShotMethod):
+    """Nearest support example: a method that is one small class (no closed-form leave-one-out, no
+    transductive variant), to prove the registry is the only place a method has to be made known."""
+
+    def process_support_set(self, features, labels, n_classes=None):
+        super().process_support_set(features, labels, n_classes)
+        self.head = _NearestHead(features, labels, self.n_classes)
+
+    def scores(self, query):
+        return self.head(query)
+
+    def export_head(self):
+        return _NearestHead(self.support_features, self.support_labels, self.n_classes)
+
+
+@pytest.fixture
+def nearest_method():
+    name = "nearest-example"
+    core.methods.register_method(name, _NearestExample)
+    yield name
+    del core.methods._METHODS[name]
+
+
+def test_a_registered_method_predicts_calibrates_saves_and_exports(tmp_path, tree, embedder, query_images,
+                                                                  nearest_method):
+    clf = FewShotClassifier(embedder, method=nearest_method)
+    for _ in add_support_tree(clf, tree / "support"):
+        pass
+    paths, images = query_images
+    predictions = clf.predict(images)
+    shapes = [(p.parent.name, pred.label) for p, pred in zip(paths, predictions) if p.parent.name in CLASSES]
+    assert len(shapes) == 6 and all(want == got for want, got in shapes), shapes
+    # Calibration goes through the method's generic leave-one-out (a refit per example): an example's score
+    # for its own class is its best cosine to the *other* examples of that class, not 1 (itself).
+    method = clf.fitted_method()
+    assert isinstance(method, _NearestExample)
+    feats, labels = method.support_features, method.support_labels
+    held = method.held_out_scores()
+    sims = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(feats, dim=-1).T
+    for i in range(len(labels)):
+        others = [j for j in range(len(labels)) if labels[j] == labels[i] and j != i]
+        assert float(held[i, labels[i]]) == pytest.approx(float(sims[i, others].max()), abs=1e-5)
+        assert float(method.scores(feats[i : i + 1])[0, labels[i]]) == pytest.approx(1.0, abs=1e-5)
+    assert clf.calibration().scale == core.calibration.fit_logit_scale(held, labels)
+    # No transductive variant: folder labeling falls back to the method itself.
+    assert [p.label for p in clf.predict(images, transductive=True)] == [p.label for p in predictions]
+    # Saved and loaded by name.
+    save_project(tmp_path / "nearest", clf, name="nearest")
+    loaded = load_project(tmp_path / "nearest", embedder).classifier
+    assert loaded.method_name == nearest_method
+    again = loaded.predict(images)
+    assert [(p.label, p.topk) for p in again] == [(p.label, p.topk) for p in predictions]
+    # Exported: ONNX gives the classifier's probabilities and labels.
+    info = export_model(tmp_path / "nearest", "onnx", tmp_path / "nearest.onnx", embedder)
+    assert info.metadata["method"] == nearest_method
+    probs, sims_out = _session(info.path).run(None, {"image": preprocess(images, embedder.config).numpy()})
+    assert _compare(probs, sims_out, info.metadata, predictions) < AGREEMENT
+    # Without the method installed, the project says which method it needs.
+    del core.methods._METHODS[nearest_method]
+    try:
+        with pytest.raises(core.ProjectError, match=nearest_method):
+            load_project(tmp_path / "nearest", embedder)
+    finally:
+        core.methods.register_method(nearest_method, _NearestExample)
+
+
+def test_transductive_methods_are_not_the_inductive_method(embedder):
+    with pytest.raises(ValueError, match="transductive"):
+        FewShotClassifier(embedder, method="transductive")
+    with pytest.raises(KeyError, match="unknown method"):
+        FewShotClassifier(embedder, method="no-such-method")
 
 
 # ------------------------------------------------------------------------------------------------ the example
