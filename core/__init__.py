@@ -75,13 +75,11 @@ from .sources import (
     VIDEO_EXTENSIONS,
     CameraInfo,
     CameraSource,
-    FolderSource,
     Frame,
     FrameSource,
     SourceError,
     VideoFileSource,
     list_cameras,
-    open_source,
 )
 
 __version__ = "0.1.0"
@@ -105,7 +103,7 @@ __all__ = [
     "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "read_project_meta", "save_project",
     "has_backup", "restore_backup",
     "store_labels",
-    "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "FolderSource", "Frame", "FrameSource", "SourceError",
-    "VideoFileSource", "list_cameras", "open_source",
+    "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "Frame", "FrameSource", "SourceError",
+    "VideoFileSource", "list_cameras",
     "__version__",
 ]

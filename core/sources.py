@@ -1,4 +1,5 @@
-"""Frame sources: a camera, a video file or an image folder, read one frame at a time.
+"""Frame sources: a camera or a video file, read one frame at a time (image folders are labeled through
+core.session, not streamed).
 
 Every source is a plain blocking iterator (no threads here): ``open()``, then ``read()`` until it gives
 None, then ``close()``; or ``with source: for frame in source.frames(cancel): ...``. The GUI runs a
@@ -14,7 +15,6 @@ in ``read()`` without blocking, and the worker's loop ends by itself.
 from __future__ import annotations
 
 import glob
-import inspect
 import math
 import os
 import re
@@ -30,25 +30,21 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from .embedding import Skipped
-from .images import IMAGE_EXTENSIONS, ImageError, from_bgr, list_images, load_image
+from .images import from_bgr
 
 __all__ = [
     "VIDEO_EXTENSIONS",
     "CameraInfo",
     "CameraSource",
-    "FolderSource",
     "Frame",
     "FrameSource",
     "SourceError",
     "VideoFileSource",
     "list_cameras",
-    "open_source",
 ]
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v"})
 
-_STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 _SLEEP_SLICE = 0.05  # longest uninterrupted sleep, so close() from another thread ends a wait quickly
 _FALLBACK_FPS = 30.0  # pace of realtime playback when a clip does not declare its fps
 
@@ -564,131 +560,3 @@ class VideoFileSource(FrameSource):
         self._pending = None
         if capture is not None:
             _release_quietly(capture)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Image folder
-
-
-class FolderSource(FrameSource):
-    """The images under a folder (``list_images``: sorted, recursive) or a single image file.
-
-    Each file is decoded with ``load_image(max_side=max_side)``. Files that cannot be decoded are
-    recorded in ``skipped`` (reset at each open) and reading goes on with the next one; they never
-    raise. ``total`` is the number of image files found.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], max_side: int | None = 1024, recursive: bool = True) -> None:
-        super().__init__(os.fspath(path))
-        self.path = Path(path)
-        self.max_side = max_side
-        self.recursive = recursive
-        self.skipped: list[Skipped] = []
-        self._files: list[Path] = []
-        self._next = 0
-
-    @property
-    def total(self) -> int | None:
-        return len(self._files) if self._state != "new" else None
-
-    @property
-    def files(self) -> list[Path]:
-        """The image files found at ``open``, in reading order."""
-        return list(self._files)
-
-    def _open(self) -> None:
-        label = f"'{self.path}'"
-        if self.path.is_file():
-            files = [self.path]
-        elif self.path.is_dir():
-            try:
-                files = list_images(self.path, recursive=self.recursive)
-            except OSError as e:
-                raise SourceError(f"folder {label} cannot be read ({e})") from e
-            if not files:
-                extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-                raise SourceError(f"folder {label} holds no images (looked for {extensions})")
-        else:
-            raise SourceError(f"{label} does not exist")
-        self._files, self._next, self.skipped = files, 0, []
-
-    def _read(self) -> Frame | None:
-        while self._next < len(self._files):
-            index, path = self._next, self._files[self._next]
-            self._next += 1
-            try:
-                image = load_image(path, max_side=self.max_side)
-            except ImageError as e:
-                self.skipped.append(Skipped(str(path), e.reason))
-                continue
-            except (OSError, MemoryError) as e:
-                self.skipped.append(Skipped(str(path), f"{type(e).__name__}: {e}"))
-                continue
-            return Frame(image, index, time.monotonic(), str(path))
-        return None
-
-    def _close(self) -> None:
-        self._next = len(self._files)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Dispatch
-
-
-def _accepted(cls: type) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-
-def open_source(spec: str | int | os.PathLike[str], **kw: Any) -> FrameSource:
-    """A (not yet opened) source for what a user typed or picked.
-
-    'camera:0' or '0' -> CameraSource(0); 'camera:<url>' or an rtsp/http/udp URL -> CameraSource(url);
-    a folder -> FolderSource; a video file (.avi .mp4 .mov .mkv .webm .m4v) -> VideoFileSource; an image
-    file -> FolderSource over that one file. Anything else raises SourceError naming ``spec``.
-
-    Keyword options go to the chosen class; options that only another kind of source takes (say
-    ``realtime`` for a folder) are ignored, so one set of settings fits every kind. A keyword no source
-    takes is a TypeError.
-    """
-    kinds = (CameraSource, VideoFileSource, FolderSource)
-    known = set().union(*(_accepted(k) for k in kinds))
-    unknown = sorted(set(kw) - known)
-    if unknown:
-        raise TypeError(f"open_source() got unexpected keyword arguments: {', '.join(unknown)}")
-
-    def make(cls: type[FrameSource], *args: Any) -> FrameSource:
-        accepted = _accepted(cls)
-        return cls(*args, **{k: v for k, v in kw.items() if k in accepted})
-
-    if isinstance(spec, bool):
-        raise SourceError(f"{spec!r} is not a source")
-    if isinstance(spec, int):
-        return make(CameraSource, spec)
-    text = os.fspath(spec)
-    stripped = text.strip()
-    if stripped.lower().startswith("camera:"):
-        device = stripped[len("camera:"):].strip()
-        if not device:
-            raise SourceError(f"'{text}' names no camera (use 'camera:0', 'camera:1', ...)")
-        return make(CameraSource, int(device) if device.isdigit() else device)
-    if stripped.isdigit():
-        return make(CameraSource, int(stripped))
-    if stripped.lower().startswith(_STREAM_SCHEMES):
-        return make(CameraSource, stripped)
-
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return make(FolderSource, path)
-    suffix = path.suffix.lower()
-    if path.is_file():
-        if suffix in VIDEO_EXTENSIONS:
-            return make(VideoFileSource, path)
-        if suffix in IMAGE_EXTENSIONS:
-            return make(FolderSource, path)
-        raise SourceError(
-            f"'{text}' is neither a video ({' '.join(sorted(VIDEO_EXTENSIONS))}) "
-            f"nor an image ({' '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    if path.exists():
-        raise SourceError(f"'{text}' is not a regular file or folder")
-    raise SourceError(f"'{text}' is not a camera ('camera:0'), a folder, a video or an image file: no such path")

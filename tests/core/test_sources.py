@@ -14,12 +14,10 @@ from core.embedding import CancelToken
 from core.sources import (
     CameraInfo,
     CameraSource,
-    FolderSource,
     Frame,
     SourceError,
     VideoFileSource,
     list_cameras,
-    open_source,
 )
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -212,48 +210,6 @@ def test_text_file_named_avi_is_not_a_video(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Image folders
-
-
-def test_folder_yields_good_images_and_records_bad_ones(tmp_path):
-    (tmp_path / "sub").mkdir()
-    good = [_png(tmp_path / "a.png", RED), _png(tmp_path / "c.png", BLUE), _png(tmp_path / "sub" / "e.png", RED)]
-    (tmp_path / "b.jpg").write_bytes(b"")
-    (tmp_path / "d.png").write_text("not a picture at all\n")
-    (tmp_path / "readme.txt").write_text("not an image extension: not even looked at\n")
-
-    with FolderSource(tmp_path) as src:
-        assert src.total == 5
-        frames = list(src.frames())
-    assert [f.source for f in frames] == [str(p) for p in good]
-    assert [f.index for f in frames] == [0, 2, 4]  # positions in the sorted list: progress = (index + 1) / total
-    assert frames[0].image[..., 0].mean() > 200 and frames[1].image[..., 2].mean() > 200
-    assert all(f.image.shape == (30, 40, 3) and f.image.flags.c_contiguous for f in frames)
-    assert sorted(Path(s.path).name for s in src.skipped) == ["b.jpg", "d.png"]
-    reasons = {Path(s.path).name: s.reason for s in src.skipped}
-    assert "empty" in reasons["b.jpg"] and "text" in reasons["d.png"]
-
-
-def test_folder_max_side_and_reopen_resets_skipped(tmp_path):
-    _png(tmp_path / "wide.png", RED, size=(400, 200))
-    (tmp_path / "zero.jpg").write_bytes(b"")
-    src = FolderSource(tmp_path, max_side=100)
-    frames = list(src)  # frames() opened it, so it closes at the end
-    assert [f.image.shape for f in frames] == [(50, 100, 3)]
-    assert len(src.skipped) == 1 and not src.is_open
-    assert len(list(src)) == 1 and len(src.skipped) == 1  # a second pass starts over, skipped not doubled
-
-
-def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(SourceError, match="holds no images") as e:
-        FolderSource(tmp_path).open()
-    assert str(tmp_path) in str(e.value)
-    with pytest.raises(SourceError, match="does not exist"):
-        FolderSource(tmp_path / "nope").open()
-
-
-# ---------------------------------------------------------------------------------------------------
 # Cameras (fake capture)
 
 
@@ -422,45 +378,3 @@ def test_list_cameras_reports_only_those_that_open_and_never_raises():
 
 # ---------------------------------------------------------------------------------------------------
 # Dispatch
-
-
-def test_open_source_dispatches_each_kind(tmp_path, clip):
-    cap = FakeCapture()
-    src = open_source("camera:0", capture_factory=Factory(cap), realtime=True, max_side=64)
-    assert isinstance(src, CameraSource) and src.device == 0 and src.name == "camera:0"
-    src = open_source("2", capture_factory=Factory(FakeCapture()))
-    assert isinstance(src, CameraSource) and src.device == 2
-    assert isinstance(open_source("rtsp://cam.local/stream"), CameraSource)
-
-    video = open_source(str(clip), loop=True, max_side=64)  # max_side is for folders: ignored here
-    assert isinstance(video, VideoFileSource) and video.loop
-    with video:
-        assert video.total == 20
-
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    image = _png(folder / "one.png", RED, size=(200, 100))
-    _png(folder / "two.png", BLUE)
-    src = open_source(folder, max_side=64)
-    assert isinstance(src, FolderSource)
-    assert len(list(src)) == 2
-
-    single = open_source(str(image), max_side=64)
-    assert isinstance(single, FolderSource)
-    frames = list(single)
-    assert single.total == 1 and len(frames) == 1
-    assert frames[0].source == str(image) and frames[0].image.shape == (32, 64, 3)
-
-
-def test_open_source_rejects_nonsense_clearly(tmp_path):
-    with pytest.raises(SourceError, match="'no/such/thing.xyz' is not a camera"):
-        open_source("no/such/thing.xyz")
-    notes = tmp_path / "notes.txt"
-    notes.write_text("hello")
-    with pytest.raises(SourceError, match="neither a video") as e:
-        open_source(str(notes))
-    assert str(notes) in str(e.value)
-    with pytest.raises(SourceError, match="names no camera"):
-        open_source("camera:")
-    with pytest.raises(TypeError, match="relatime"):
-        open_source(str(tmp_path), relatime=True)  # a typo no source takes is not silently ignored
