@@ -1,13 +1,14 @@
 """Few-shot accuracy on a folder tree: `protolabel evaluate`.
 
 Every folder under ROOT holding at least `min_images` images directly is a class. Images are embedded
-once (cached on disk per model); episodes then run on cached features (and cached trunk maps when
-fine-tuning), so 600 episodes cost seconds, not hours.
+once (their trunk maps cached per model in the user's cache folder: core.embedding_cache); episodes then
+run on features derived from them (and on the maps themselves when fine-tuning), so 600 episodes cost
+seconds, not hours.
 """
 from __future__ import annotations
 
-import json
 import os
+import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from typing import Generator
 import numpy as np
 import torch
 
-from .atomic import atomic_path, atomic_write_text
-from .embedding import CancelToken, Embedder, Skipped, file_stamp
+from .embedding import CancelToken, Embedder, Skipped
+from .embedding_cache import EmbeddingCache
 from .finetune import adapted_tail, finetune_tail
 from .images import class_folders
 from .methods import create_method
@@ -55,71 +56,23 @@ class EmbedProgress:
     skipped: int
 
 
-class _DiskCache:
-    """Per-model cache of features (+ trunk maps): <dir>/<model_key>.safetensors and a JSON index."""
-
-    def __init__(self, folder: Path, key: str) -> None:
-        self.tensors_path = folder / f"{key}.safetensors"
-        self.index_path = folder / f"{key}.json"
-        self.index: dict[str, list] = {}  # path -> [stamp, row]
-        self.features: torch.Tensor | None = None
-        self.maps: torch.Tensor | None = None
-        if self.tensors_path.is_file() and self.index_path.is_file():
-            try:
-                from safetensors.torch import load_file
-
-                data = load_file(str(self.tensors_path))
-                self.features, self.maps = data["features"], data.get("maps")
-                self.index = json.loads(self.index_path.read_text())
-            except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-                self.index, self.features, self.maps = {}, None, None
-
-    def get(self, path: str, need_maps: bool) -> tuple[torch.Tensor, torch.Tensor | None] | str | None:
-        """-> (feature, map), the reason a file was unreadable last time (str), or None (not cached)."""
-        entry = self.index.get(path)
-        if entry is None:
-            return None
-        if entry[0] != file_stamp(path):
-            return None
-        if entry[1] < 0:
-            return str(entry[2]) if len(entry) > 2 else "unreadable"
-        if self.features is None:
-            return None
-        if need_maps and self.maps is None:
-            return None
-        row = entry[1]
-        return self.features[row], (self.maps[row] if self.maps is not None else None)
-
-    def save(self, paths: list[str], features: torch.Tensor, maps: torch.Tensor | None, bad: list[Skipped]) -> None:
-        """Write these rows plus every still-valid cached row of other files (other folders stay cached)."""
-        from safetensors.torch import save_file
-
-        fresh = set(paths)
-        keep = [(p, e[1]) for p, e in self.index.items()
-                if p not in fresh and e[1] >= 0 and self.features is not None and e[0] == file_stamp(p)]
-        if keep:
-            rows = torch.as_tensor([r for _, r in keep])
-            paths = paths + [p for p, _ in keep]
-            features = torch.cat([features, self.features[rows]])
-            # Older rows without maps are kept rather than the new maps (a table has maps for all or none).
-            maps = torch.cat([maps, self.maps[rows]]) if maps is not None and self.maps is not None else None
-
-        self.tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"features": features.contiguous()}
-        if maps is not None:
-            tensors["maps"] = maps.contiguous()
-        index = {}
-        for row, p in enumerate(paths):
-            stamp = file_stamp(p)
-            if stamp is not None:
-                index[p] = [stamp, row]
-        for skip in bad:  # remembered, so a huge unreadable file is not decoded again on every run
-            stamp = file_stamp(skip.path)
-            if stamp is not None:
-                index[skip.path] = [stamp, -1, skip.reason]
-        with atomic_path(self.tensors_path) as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_text(self.index_path, json.dumps(index))
+def _open_cache(cache_dir: Path | None, embedder: Embedder) -> EmbeddingCache | None:
+    """The feature cache for this model: <cache_dir>/<model key>.sqlite (None when cache_dir is False)."""
+    if cache_dir is False:
+        return None
+    folder = Path(cache_dir or default_cache_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    key = embedder.model_key()
+    # The format before core.embedding_cache (safetensors + JSON index): never read again, so not left to fill the disk.
+    for old in (folder / f"{key}.safetensors", folder / f"{key}.json"):
+        old.unlink(missing_ok=True)
+    path = folder / f"{key}.sqlite"
+    try:
+        return EmbeddingCache(path, key)
+    except sqlite3.DatabaseError:  # a damaged cache is rebuilt, never fatal
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        return EmbeddingCache(path, key)
 
 
 def build_feature_table(
@@ -130,49 +83,78 @@ def build_feature_table(
     cache_dir: Path | None = None,
     cancel: CancelToken | None = None,
 ) -> Generator[EmbedProgress, None, FeatureTable | None]:
-    """Yields EmbedProgress while embedding, returns the FeatureTable (None when cancelled; core.runs.finish). Cached files are not decoded again.
-    Trunk maps are always cached (so a later fine-tuned evaluation finds them); `with_maps` says whether
-    the table carries them."""
+    """Yields EmbedProgress while embedding, returns the FeatureTable (None when cancelled; core.runs.finish).
+
+    Trunk maps are cached per model (cache_dir: a folder, None for default_cache_dir(), False for no cache), with
+    the files that could not be read and why; cached files are not decoded again. `with_maps` says whether the
+    table carries the maps. Features always come from the float16 maps through the backbone's own tail, cached
+    or not, so a table does not depend on what the cache held."""
     folders = class_folders(root, min_images=min_images)
     class_names = sorted(folders)
     paths = [str(p) for name in class_names for p in folders[name]]
     labels_all = [i for i, name in enumerate(class_names) for _ in folders[name]]
-    cache = _DiskCache(cache_dir or default_cache_dir(), embedder.model_key()) if cache_dir is not False else None
-    feats: dict[str, torch.Tensor] = {}
-    maps: dict[str, torch.Tensor | None] = {}
-    todo = []
-    skipped: list[Skipped] = []
-    for p in paths:
-        hit = cache.get(p, with_maps) if cache else None
-        if hit is None:
-            todo.append(p)
-        elif isinstance(hit, str):
-            skipped.append(Skipped(p, hit))
-        else:
-            feats[p], maps[p] = hit
-    done = len(paths) - len(todo)
-    yield EmbedProgress(done, len(paths), len(skipped))
-    for batch in embedder.embed_paths(todo, with_maps=True, cancel=cancel):
-        for i, p in enumerate(batch.paths):
-            feats[p] = batch.features[i]
-            maps[p] = batch.maps[i] if batch.maps is not None else None
-        skipped += batch.skipped
-        done += len(batch.paths) + len(batch.skipped)
-        yield EmbedProgress(done, len(paths), len(skipped))
-    if cancel is not None and cancel.cancelled:
-        return
+    cache = _open_cache(cache_dir, embedder)
+    try:
+        found = yield from _features(paths, embedder, cache, with_maps, cancel)
+    finally:
+        if cache is not None:
+            cache.close()
+    if found is None:
+        return None
+    feats, maps, skipped = found
     ok = [(p, c) for p, c in zip(paths, labels_all) if p in feats]
     ok_paths = [p for p, _ in ok]
     features = torch.stack([feats[p] for p in ok_paths]) if ok_paths else torch.zeros(0, embedder.backbone.feature_dim)
-    # Rows served from an older cache may have no maps; then the table has none (fine-tuned runs asked for
-    # maps, so their cache lookups missed and those files were embedded again with maps).
-    have_maps = bool(ok_paths) and all(maps.get(p) is not None for p in ok_paths)
-    map_tensor = torch.stack([maps[p] for p in ok_paths]) if have_maps else None  # type: ignore[misc]
-    if cache is not None and todo and ok_paths:
-        new = set(todo)
-        cache.save(ok_paths, features, map_tensor, [s for s in skipped if s.path in new])
+    map_tensor = torch.stack([maps[p] for p in ok_paths]) if with_maps and ok_paths else None
     return FeatureTable(class_names, ok_paths, np.asarray([c for _, c in ok], dtype=np.int64), features,
-                       map_tensor if with_maps else None, skipped)
+                       map_tensor, skipped)
+
+
+def _features(
+    paths: list[str], embedder: Embedder, cache: EmbeddingCache | None, with_maps: bool, cancel: CancelToken | None
+) -> Generator[EmbedProgress, None, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[Skipped]] | None]:
+    """-> ({path: (D,) feature}, {path: (C, h, w) float16 map} when with_maps, skipped files); None when cancelled.
+    Cached maps first (decoded by nobody), then the other files, each batch written to the cache as it is done."""
+    feats: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    skipped: list[Skipped] = []
+
+    def take(batch_paths: list[str], batch_maps: torch.Tensor) -> None:
+        for p, f, m in zip(batch_paths, embedder.features_from_maps(batch_maps), batch_maps):
+            feats[p] = f
+            if with_maps:
+                maps[p] = m
+
+    todo = list(paths) if cache is None else []
+    done = 0
+    yield EmbedProgress(done, len(paths), 0)
+    if cache is not None:
+        for i in range(0, len(paths), 512):
+            chunk = paths[i : i + 512]
+            cached = cache.get_many(chunk)
+            hits = [p for p in chunk if p in cached]
+            if hits:
+                take(hits, torch.stack([cached[p] for p in hits]))
+            reasons = cache.unreadable([p for p in chunk if p not in cached])
+            skipped += [Skipped(p, reasons[p]) for p in chunk if p in reasons]
+            todo += [p for p in chunk if p not in cached and p not in reasons]
+            done += len(hits) + sum(p in reasons for p in chunk)
+            yield EmbedProgress(done, len(paths), len(skipped))
+            if cancel is not None and cancel.cancelled:
+                return None
+    for batch in embedder.embed_paths(todo, with_maps=True, cancel=cancel):
+        if batch.paths and batch.maps is not None:
+            take(batch.paths, batch.maps)  # not batch.features: through the float16 maps, as for cached files
+            if cache is not None:
+                cache.put_many(batch.paths, batch.maps)
+        skipped += batch.skipped
+        if cache is not None:
+            cache.put_unreadable(batch.skipped)  # so a huge unreadable file is not decoded again on every run
+        done += len(batch.paths) + len(batch.skipped)
+        yield EmbedProgress(done, len(paths), len(skipped))
+    if cancel is not None and cancel.cancelled:
+        return None
+    return feats, maps, skipped
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .images import class_folders, list_images, to_tensor
 from .labels_csv import DEFAULT_TOPK, labels_csv_text
 
 if TYPE_CHECKING:
-    from .project import EmbeddingCache
+    from .embedding_cache import EmbeddingCache
 
 __all__ = ["Progress", "LabelRecord", "LabelRun", "SupportRun", "add_support_tree", "label_paths", "query_paths", "write_labels_csv"]
 

@@ -3,7 +3,8 @@
   project.json           format version, classes (name, colour, key), settings; written atomically
   classifier.safetensors the support set's embeddings, model-size images, adapted tail, thresholds
   support/<id>.png       each support example as an image file
-  labels.sqlite          one row per labeled image (WAL mode; every change is one transaction)
+  labels.sqlite          one row per labeled image (WAL mode; every change is one transaction), and the
+                         folder's embedding cache (core.embedding_cache)
 
 Label paths are stored relative to the labeled folder's root (``query_root``), which is stored as given.
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 
 from .atomic import atomic_path, atomic_write_text
 from .classifier import FewShotClassifier, Prediction, StateError
-from .embedding import Embedder, file_stamp
+from .embedding import Embedder
+from .embedding_cache import EmbeddingCache
 
 __all__ = [
     "PROJECT_FORMAT_VERSION",
@@ -134,67 +135,12 @@ class LabelStore:
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(l.path, l.label, l.confidence, l.similarity, l.source, json.dumps(l.topk), now) for l in labels],
+                [(x.path, x.label, x.confidence, x.similarity, x.source, json.dumps(x.topk), now) for x in labels],
             )
 
     def all(self) -> list[StoredLabel]:
         rows = self.db.execute("SELECT path, label, confidence, similarity, source, topk FROM labels ORDER BY path")
         return [StoredLabel(r[0], r[1], r[2], r[3], r[4], [tuple(x) for x in json.loads(r[5] or "[]")]) for r in rows]
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class EmbeddingCache:
-    """Trunk feature maps per image file, in the project's SQLite file (table `embeddings`).
-
-    Keyed by path, file size + mtime and the model key, so an edited file or another model misses.
-    Maps, not pooled features, are kept: after fine-tuning, features are re-derived from them through the
-    adapted tail, so re-labeling a folder decodes nothing and runs no trunk. (C, h, w) float16 each
-    (Lite0: 192 x 7 x 7, 18.8 KB).
-    """
-
-    def __init__(self, path: Path, model_key: str) -> None:
-        self.path = Path(path)
-        self.model_key = model_key
-        self.db = sqlite3.connect(str(self.path), check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (path TEXT PRIMARY KEY, stamp TEXT NOT NULL, model TEXT NOT NULL,"
-            " shape TEXT NOT NULL, map BLOB NOT NULL)"
-        )
-        self.db.commit()
-
-    def get_many(self, paths: Sequence[str]) -> dict[str, torch.Tensor]:
-        """-> {path: (C, h, w) float16 map} for the paths cached with this model and unchanged since."""
-        out: dict[str, torch.Tensor] = {}
-        for i in range(0, len(paths), 500):
-            chunk = list(paths[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT path, stamp, shape, map FROM embeddings WHERE model = ? AND path IN ({marks})",
-                [self.model_key, *chunk],
-            )
-            for path, stamp, shape, blob in rows:
-                if stamp == file_stamp(path):
-                    dims = tuple(int(x) for x in shape.split(","))
-                    out[path] = torch.from_numpy(np.frombuffer(blob, dtype=np.float16).reshape(dims).copy())
-        return out
-
-    def put_many(self, paths: Sequence[str], maps: torch.Tensor) -> None:
-        """paths (B,), maps (B, C, h, w): one transaction."""
-        rows = []
-        for path, m in zip(paths, maps):
-            stamp = file_stamp(path)
-            if stamp is None:
-                continue
-            arr = m.to(torch.float16).contiguous().numpy()
-            rows.append((path, stamp, self.model_key, ",".join(map(str, arr.shape)), arr.tobytes()))
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
-
-    def __len__(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM embeddings WHERE model = ?", [self.model_key]).fetchone()[0])
 
     def close(self) -> None:
         self.db.close()

@@ -25,7 +25,7 @@ from .calibration import fit_logit_scale
 from .runs import finish
 
 if TYPE_CHECKING:
-    from .project import EmbeddingCache
+    from .embedding_cache import EmbeddingCache
 
 __all__ = ["AcceptPreview", "Estimate", "LabelingSession", "SessionOptions"]
 
@@ -347,8 +347,8 @@ class LabelingSession:
             return None
         C = len(classes)
         index = {c: i for i, c in enumerate(classes)}
-        is_class = torch.as_tensor([l in index for l in labels], dtype=torch.bool)
-        y = torch.as_tensor([index.get(l, C) for l in labels], dtype=torch.long)
+        is_class = torch.as_tensor([name in index for name in labels], dtype=torch.bool)
+        y = torch.as_tensor([index.get(name, C) for name in labels], dtype=torch.long)
         zc, yc = z[is_class], y[is_class]
         rejected = z[~is_class]
         sums = torch.zeros(C, z.shape[1]).index_add_(0, yc, zc)
