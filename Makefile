@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENCLIPART := /usr/share/openclipart/png
 
-.PHONY: install qt-libs test-tools run demo selftest test test-memory test-fast bench bench-resolution openclipart clean
+.PHONY: install qt-libs test-tools run demo selftest lint test test-memory test-fast bench bench-resolution openclipart clean
 
 # PyPI's Linux torch brings ~4.5 GB of CUDA libraries (the venv: ~6.3 GB). DEV_TORCH=auto (default) installs
 # it when there is room, but with less than $(DEV_TORCH_MIN_MB) MB free takes the CPU-only wheel instead, where
@@ -70,7 +70,7 @@ selftest: install
 # tests, slow ones first (tests/conftest.py); test_dist.py's fixtures wait for that build (build/package.lock).
 # The bundle's build environment (build/dist-venv) is installed before, with the rest of the install.
 TEST_WORKERS ?= 2
-test: install test-tools dist-env
+test: install test-tools dist-env lint
 	@mkdir -p build; \
 	if [ "$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}')" -ge 6 ]; then \
 	  echo "building the bundle and the .deb in the background (log: build/package.log)"; \
@@ -82,6 +82,10 @@ test: install test-tools dist-env
 # runs it too).
 test-memory: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/core/test_memory.py -s
+
+# ruff, configured in pyproject.toml; `make test` runs it first.
+lint: install
+	$(PY) -m ruff check .
 
 test-fast: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow"

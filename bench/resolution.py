@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402  (bench/run.py: the test images, GuiLive, bare_forward, machine_info)
+import run as bench  # (bench/run.py: the test images, GuiLive, bare_forward, machine_info)
 
-import core  # noqa: E402
-from core.evaluation import build_feature_table, evaluate  # noqa: E402
-from core.runs import finish  # noqa: E402
+import core
+from core.evaluation import build_feature_table, evaluate
+from core.runs import finish
 
 DEFAULT_ROOT = Path("/usr/share/openclipart/png")
 
@@ -66,11 +66,14 @@ def speed(embedder: core.Embedder, data: bench.TestData, tmp: Path, frames: int)
 def markdown(rows: list[dict]) -> str:
     lines = ["| input (px) | 5-way 1-shot | 5-way 5-shot | live frames/s | bare forward frames/s |",
              "|---|---|---|---|---|"]
+
+    def cell(acc: dict, k: str) -> str:
+        return f"{acc[k]['accuracy']:.1f} ± {acc[k]['ci95']:.1f}" if k in acc else "-"
+
     for r in rows:
         acc = r.get("accuracy") or {}
-        cell = lambda k: f"{acc[k]['accuracy']:.1f} ± {acc[k]['ci95']:.1f}" if k in acc else "-"  # noqa: E731
         sp = r.get("speed") or {}
-        lines.append(f"| {r['size']} | {cell('5way1shot')} | {cell('5way5shot')} | {sp.get('fps', '-')} | "
+        lines.append(f"| {r['size']} | {cell(acc, '5way1shot')} | {cell(acc, '5way5shot')} | {sp.get('fps', '-')} | "
                      f"{sp.get('bare_forward_fps', '-')} |")
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -415,7 +416,7 @@ def bench_live(clf: core.FewShotClassifier, data: TestData, s: Settings) -> dict
     live, bare = [], []
     for _ in range(s.live_rounds):
         for i in range(s.live_frames):
-            seconds, _ = timed(lambda: live_frame(clf, frames[i % len(frames)], stages))
+            seconds, _ = timed(functools.partial(live_frame, clf, frames[i % len(frames)], stages))
             live.append(seconds)
         bare += [bare_forward(embedder, x) for _ in range(s.live_frames)]
     live_fps = 1.0 / statistics.median(live)
@@ -663,7 +664,7 @@ def bench_labeling_round(embedder: core.Embedder, s: Settings) -> dict:
             session.confirm(paths[c : 60 : 12], f"class{c}")
         session.reject(paths[10:46:12])
         labeling_round(session)  # warm-up (also builds the normalised feature table once)
-        times = [timed(lambda: labeling_round(session))[0] for _ in range(s.round_reps)]
+        times = [timed(functools.partial(labeling_round, session))[0] for _ in range(s.round_reps)]
         out[str(n)] = summary(times, 4)
     return out
 

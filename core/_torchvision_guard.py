@@ -38,7 +38,7 @@ def declare_missing_ops(torchvision_dir: Path) -> bool:
                 continue
     if all(hasattr(torch.ops.torchvision, op) for op in FAKE_OPS):  # declared by another copy of this module
         return True
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - kept alive in a module global
+    lib = torch.library.Library("torchvision", "DEF")  # kept alive in a module global
     for op in FAKE_OPS:
         lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _LIBRARY = lib

@@ -431,7 +431,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             text = (f.metadata() or {}).get("protolabel")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelFileError(f"'{path}' is not a ProtoLabel model file ({exc})") from exc
     meta = json.loads(text) if text else {}
     if meta.get("format") != "protolabel-model":

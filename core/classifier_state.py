@@ -66,7 +66,7 @@ def read_state(path: str | Path, backbone_name: str) -> StoredState:
         with safe_open(str(path), framework="pt") as f:
             meta_text = (f.metadata() or {}).get("protolabel")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - any reader error means the same to the user
+    except Exception as exc:  # any reader error means the same to the user
         raise StateError(f"'{path}' is not a ProtoLabel classifier file ({exc})") from exc
     if not meta_text:
         raise StateError(f"'{path}' has no ProtoLabel metadata")

@@ -500,7 +500,7 @@ def cmd_demo(args) -> int:
         for f in support:
             try:
                 images.append(load_for_model(f, embedder.config))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 print(f"  skipped: {exc}", file=sys.stderr)
         classifier.add_examples(name, images, [str(f) for f in support])
         queries += [str(f) for f in rest]

@@ -120,7 +120,7 @@ def load_many(
                     ok_paths.append(path)
                 except ImageError as exc:
                     skipped.append(Skipped(path, str(exc)))
-                except Exception as exc:  # noqa: BLE001 - a bad file must never stop a folder
+                except Exception as exc:  # a bad file must never stop a folder
                     skipped.append(Skipped(path, f"cannot read '{path}': {type(exc).__name__}: {exc}"))
             yield ok_paths, arrays, skipped
             if cancel is not None and cancel.cancelled:
@@ -193,7 +193,7 @@ class Embedder:
         """fn(device); after a CUDA/MPS out-of-memory error the model moves to the CPU and fn runs again there."""
         try:
             return fn(self.device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if self.device.type == "cpu" or not is_out_of_memory(exc):
                 raise
             self._fallback(exc)

@@ -171,7 +171,7 @@ def _support_examples(folder: Path) -> list[dict]:
         with safe_open(str(path), framework="pt") as f:
             text = (f.metadata() or {}).get("protolabel")
         examples = json.loads(text)["examples"] if text else []
-    except Exception as exc:  # noqa: BLE001 - any damage reads as one message
+    except Exception as exc:  # any damage reads as one message
         raise ProjectError(f"'{path}' is damaged: {exc}") from exc
     return [e for e in examples if isinstance(e, dict)]
 

@@ -142,7 +142,7 @@ def _open_file(path: StrPath, label: str) -> IO[bytes]:
             raise ImageError(label, "is a directory")
         if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
             raise ImageError(label, "not a regular file")
-        return open(path, "rb")  # noqa: SIM115 - returned to the caller's `with`
+        return open(path, "rb")  # returned to the caller's `with`
     except FileNotFoundError:
         raise ImageError(label, "file not found") from None
     except PermissionError:

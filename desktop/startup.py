@@ -228,7 +228,7 @@ def _desktop_dialog(title: str, text: str) -> None:
                 subprocess.Popen([exe, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True, env=_system_env())
                 return
-    except Exception:  # noqa: BLE001 - a failed dialog must not hide the message already on stderr/in the log
+    except Exception:  # a failed dialog must not hide the message already on stderr/in the log
         pass
 
 

@@ -124,7 +124,7 @@ def test_load_many_prefetch_or_decode_in_between(tmp_path, monkeypatch, prefetch
     monkeypatch.setattr(embedding, "load_for_model", fake_decode)
     paths = [f"img{i}.png" for i in range(10)]
     batches = []
-    for ok, arrays, skipped in embedding.load_many(paths, PreprocessConfig(size=8), 4, workers=2, prefetch=prefetch):
+    for ok, _arrays, _skipped in embedding.load_many(paths, PreprocessConfig(size=8), 4, workers=2, prefetch=prefetch):
         batches.append(ok)
         expected_done = min(len(paths), sum(map(len, batches)) + (4 if prefetch else 0))
         for _ in range(200):  # the consumer "works" here; prefetched decodes finish meanwhile

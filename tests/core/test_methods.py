@@ -68,8 +68,8 @@ def test_episode_sampler_properties():
         assert len(ep.support) == 25
         assert not set(ep.support) & set(ep.query)
         for label, c in enumerate(ep.classes):
-            s = [i for i, l in zip(ep.support, ep.support_labels) if l == label]
-            q = [i for i, l in zip(ep.query, ep.query_labels) if l == label]
+            s = [i for i, y in zip(ep.support, ep.support_labels) if y == label]
+            q = [i for i, y in zip(ep.query, ep.query_labels) if y == label]
             assert len(s) == 5 and 1 <= len(q) <= 15
             assert all(i in items[c] for i in s + q)
     with pytest.raises(ValueError, match="classes"):

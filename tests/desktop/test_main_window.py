@@ -226,7 +226,7 @@ def test_ui_thread_stays_responsive_with_a_slow_model(qtbot, make_window, clip, 
     timer.start()
     try:
         # Captures, live predictions, a folder to label and a fine-tuning run, all on the slow model.
-        for kind, key in (("circle", "1"), ("square", "2")):
+        for _kind, key in (("circle", "1"), ("square", "2")):
             for _ in range(2):
                 qtbot.keyClick(window, key)
         until(qtbot, lambda: sum(counts(window).values()) == 4, timeout=30_000)
