@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-images", type=_positive_int, default=10)
     p.add_argument("--exclude", metavar="FILE", help="a text file of class names (one per line) never to use, "
                                                       "e.g. the classes you will test on")
+    p.add_argument("--domains", action="store_true",
+                   help="ROOT's top-level folders are domains (e.g. clipart/, glyphs/): each episode comes from one "
+                        "domain, each domain keeps validation classes, the best checkpoint has the best mean")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (same ROOT, --out, settings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="don't read or write the feature cache")
@@ -619,7 +622,8 @@ def cmd_metatrain(args) -> int:
         embedder = _make_embedder(args)
         config = MetaTrainConfig(way=args.way, shot=args.shot, query=args.query, episodes=args.episodes,
                                  val_split=args.val_split, val_every=args.val_every, val_episodes=args.val_episodes,
-                                 patience=args.patience, lr=args.lr, seed=args.seed, min_images=args.min_images)
+                                 patience=args.patience, lr=args.lr, seed=args.seed, min_images=args.min_images,
+                                 domains=args.domains)
         token = CancelToken()
         bar = None
 

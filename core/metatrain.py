@@ -51,6 +51,10 @@ class MetaTrainConfig:
     lr: float = 5e-5
     seed: int = 0
     min_images: int = 10  # a folder needs this many images to be a class
+    # Domains: the top-level folders under the root (e.g. clipart/, glyphs/, icons/) are domains. Each episode
+    # is drawn from one domain (chosen uniformly, so a big domain does not drown the others), each domain keeps
+    # its own validation classes, and the validation score is the mean over domains.
+    domains: bool = False
 
 
 @dataclass
@@ -92,6 +96,40 @@ def split_classes(names: list[str], val_split: float, way: int, seed: int) -> tu
     return train, val
 
 
+def domain_of(name: str) -> str:
+    """A class's domain: the first folder of its name ("glyphs/U4E00" -> "glyphs")."""
+    return name.split("/", 1)[0]
+
+
+def split_by_domain(names: list[str], val_split: float, way: int, seed: int,
+                    domains: bool) -> tuple[list[str], list[str]]:
+    """split_classes over all classes, or within each domain (every domain then has `way`+ of each)."""
+    if not domains:
+        return split_classes(names, val_split, way, seed)
+    train: list[str] = []
+    val: list[str] = []
+    for d in sorted({domain_of(n) for n in names}):
+        t, v = split_classes([n for n in names if domain_of(n) == d], val_split, way, seed)
+        train += t
+        val += v
+    return sorted(train), sorted(val)
+
+
+def _groups(classes: list[str], domains: bool) -> list[list[int]]:
+    """Indices into `classes`, one list per domain (or one list of all)."""
+    if not domains:
+        return [list(range(len(classes)))]
+    order = sorted({domain_of(c) for c in classes})
+    return [[i for i, c in enumerate(classes) if domain_of(c) == d] for d in order]
+
+
+def _sample(rng: np.random.Generator, items: list[list[int]], groups: list[list[int]], cfg: MetaTrainConfig) -> Episode:
+    """One episode from one domain (uniform over domains), class indices mapped back to `items`' classes."""
+    group = groups[int(rng.integers(len(groups)))] if len(groups) > 1 else groups[0]
+    ep = sample_episode(rng, [items[i] for i in group], cfg.way, cfg.shot, cfg.query)
+    return Episode([group[c] for c in ep.classes], ep.support, ep.support_labels, ep.query, ep.query_labels)
+
+
 def _episode_loss(head: torch.nn.Module, scale: torch.Tensor, maps: torch.Tensor, ep: Episode,
                   generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """Prototypical loss of one episode on augmented trunk maps -> (loss, query accuracy %)."""
@@ -110,29 +148,35 @@ def _episode_loss(head: torch.nn.Module, scale: torch.Tensor, maps: torch.Tensor
 
 
 @torch.no_grad()
-def _validate(head: _TailHead, maps: torch.Tensor, episodes: list[Episode]) -> float:
-    """Mean query accuracy (%) of prototypes through the current tail on fixed episodes (no augmentation)."""
+def _validate(head: _TailHead, maps: torch.Tensor, episodes: list[list[Episode]]) -> tuple[float, list[float]]:
+    """Fixed episodes, one list per domain -> (the mean over domains of the mean query accuracy (%) of
+    prototypes through the current tail, no augmentation; each domain's)."""
     device = next(head.parameters()).device
     feats = torch.cat([head(maps[i : i + 512].to(device).float()).cpu() for i in range(0, len(maps), 512)])
-    accs = []
-    for ep in episodes:
-        way = len(ep.classes)
-        s, q = feats[ep.support], feats[ep.query]
-        s_labels = torch.as_tensor(ep.support_labels)
-        protos, center = centred_prototypes(s, s_labels, way)
-        pred = centred_cosines(q, protos, center).argmax(-1)
-        accs.append(float((pred == torch.as_tensor(ep.query_labels)).float().mean() * 100))
-    return float(np.mean(accs))
+    per_domain = []
+    for group in episodes:
+        accs = []
+        for ep in group:
+            way = len(ep.classes)
+            s, q = feats[ep.support], feats[ep.query]
+            s_labels = torch.as_tensor(ep.support_labels)
+            protos, center = centred_prototypes(s, s_labels, way)
+            pred = centred_cosines(q, protos, center).argmax(-1)
+            accs.append(float((pred == torch.as_tensor(ep.query_labels)).float().mean() * 100))
+        per_domain.append(float(np.mean(accs)))
+    return float(np.mean(per_domain)), per_domain
 
 
-def _subset(table: FeatureTable, classes: list[str]) -> tuple[torch.Tensor, list[list[int]]]:
-    """Trunk maps of the images of `classes` and, per class, their row indices in those maps."""
+def _subset(table: FeatureTable, classes: list[str],
+            values: torch.Tensor | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+    """Trunk maps (or `values`, one row per image of the table) of the images of `classes` and, per class,
+    their row indices in those rows."""
     wanted = {table.class_names.index(c): k for k, c in enumerate(classes)}
     rows = [i for i, c in enumerate(table.labels.tolist()) if c in wanted]
     per_class: list[list[int]] = [[] for _ in classes]
     for new, i in enumerate(rows):
         per_class[wanted[int(table.labels[i])]].append(new)
-    return table.maps[torch.as_tensor(rows)], per_class
+    return (table.maps if values is None else values)[torch.as_tensor(rows)], per_class
 
 
 def _draw_curve(history: list[dict], path: Path, baseline: float) -> None:
@@ -160,8 +204,9 @@ def _draw_curve(history: list[dict], path: Path, baseline: float) -> None:
             cv2.line(img, a, b, color, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, p, 3, color, -1, cv2.LINE_AA)
-        cv2.putText(img, label, (m + 10, m + 10 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
-    cv2.putText(img, f"pretrained tail: {baseline:.1f}%", (m + 10, m + 46), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+        cv2.putText(img, label, (m + 10, h - m - 46 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
+                    cv2.LINE_AA)  # at the bottom: the curves live high up
+    cv2.putText(img, f"pretrained tail: {baseline:.1f}%", (m + 10, h - m - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                 (120, 120, 120), 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)
 
@@ -225,11 +270,14 @@ def metatrain(
     if table.maps is None:
         raise ValueError("the feature cache has no trunk maps for these images; delete it and run again")
     names = [c for c in table.class_names if c not in set(exclude)]
-    train_classes, val_classes = split_classes(names, cfg.val_split, cfg.way, cfg.seed)
+    train_classes, val_classes = split_by_domain(names, cfg.val_split, cfg.way, cfg.seed, cfg.domains)
     train_maps, train_items = _subset(table, train_classes)
     val_maps, val_items = _subset(table, val_classes)
+    train_groups = _groups(train_classes, cfg.domains)
+    val_groups = _groups(val_classes, cfg.domains)
+    domain_names = sorted({domain_of(c) for c in val_classes}) if cfg.domains else ["all"]
     val_rng = np.random.default_rng(cfg.seed + 1)
-    val_eps = [sample_episode(val_rng, val_items, cfg.way, cfg.shot, cfg.query) for _ in range(cfg.val_episodes)]
+    val_eps = [[_sample(val_rng, val_items, [g], cfg) for _ in range(cfg.val_episodes)] for g in val_groups]
 
     head = _TailHead(copy.deepcopy(backbone.tail), backbone.forward_tail).eval()  # BN statistics stay fixed
     for p in head.tail.parameters():
@@ -246,7 +294,8 @@ def metatrain(
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 29 + rank)
     history: list[dict] = []
     start_episode = 0
-    baseline = best = _validate(head, val_maps, val_eps) if rank == 0 else 0.0
+    baseline, baseline_domains = _validate(head, val_maps, val_eps) if rank == 0 else (0.0, [])
+    best = baseline
     best_episode, bad, stopped_early = 0, 0, False
     best_state = {k: v.detach().cpu().clone() for k, v in head.tail.state_dict().items()}
     log_path = out.with_name(out.name + ".log.json")
@@ -290,7 +339,8 @@ def metatrain(
         model_backbone = copy.deepcopy(backbone).cpu()
         model_backbone.tail.load_state_dict(best_state)
         metrics = {"baseline_val_acc": round(baseline, 2), "best_val_acc": round(best, 2), "best_episode": best_episode,
-                   "val_episodes": cfg.val_episodes, "task": f"{cfg.way}-way {cfg.shot}-shot"}
+                   "val_episodes": cfg.val_episodes, "task": f"{cfg.way}-way {cfg.shot}-shot",
+                   "baseline_val_acc_by_domain": dict(zip(domain_names, (round(a, 2) for a in baseline_domains)))}
         save_model_file(model_backbone, out, {"metatrain": {"config": asdict(cfg), "train_classes": train_classes,
                                                             "val_classes": val_classes, "metrics": metrics,
                                                             "trained_layers": "tail (last stage + head conv)"}})
@@ -312,7 +362,7 @@ def metatrain(
             if stop:
                 cancelled = True
                 break
-            ep = sample_episode(rng, train_items, cfg.way, cfg.shot, cfg.query)
+            ep = _sample(rng, train_items, train_groups, cfg)
             loss, acc = _episode_loss(model, scale, train_maps, ep, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -324,9 +374,10 @@ def metatrain(
                 if rank == 0:
                     yield MetaProgress("validating", episode, cfg.episodes, float(np.mean(losses)), float(np.mean(accs)),
                                        val_acc, best)
-                    val_acc = _validate(head, val_maps, val_eps)
+                    val_acc, by_domain = _validate(head, val_maps, val_eps)
                     history.append({"episode": episode, "loss": float(np.mean(losses)), "train_acc": float(np.mean(accs)),
-                                    "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 1)})
+                                    "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 1),
+                                    "val_acc_by_domain": dict(zip(domain_names, (round(a, 2) for a in by_domain)))})
                     if val_acc > best:
                         best, best_episode, bad = val_acc, episode, 0
                         best_state = {k: v.detach().cpu().clone() for k, v in head.tail.state_dict().items()}

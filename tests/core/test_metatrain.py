@@ -13,7 +13,7 @@ import pytest
 
 from core import load_model_file
 from core.backbones import read_model_metadata
-from core.metatrain import MetaResult, MetaTrainConfig, metatrain, split_classes
+from core.metatrain import MetaResult, MetaTrainConfig, _groups, _sample, metatrain, split_by_domain, split_classes
 from core.runs import finish
 from core.training import sample_episode
 from synthetic import write_glyph_tree
@@ -67,6 +67,32 @@ def test_split_keeps_training_and_validation_classes_apart():
         split_classes(names[:9], 0.2, 5, seed=0)
 
 
+def test_domains_each_keep_validation_classes_and_episodes_never_mix_domains():
+    names = [f"glyphs/g{i}" for i in range(30)] + [f"icons/i{i}" for i in range(12)] + [f"cards/c{i}" for i in range(10)]
+    train, val = split_by_domain(names, 0.2, 5, seed=0, domains=True)
+    assert not set(train) & set(val) and set(train) | set(val) == set(names)
+    for d, n in (("glyphs", 30), ("icons", 12), ("cards", 10)):
+        assert len([v for v in val if v.startswith(d + "/")]) == max(5, min(round(0.2 * n), n - 5))
+    assert split_by_domain(names, 0.2, 5, seed=0, domains=False) == split_classes(names, 0.2, 5, seed=0)
+    cfg = MetaTrainConfig(way=5, shot=1, query=2)
+    items = [list(range(k * 10, k * 10 + 10)) for k in range(len(train))]
+    groups = _groups(train, True)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        ep = _sample(rng, items, groups, cfg)
+        domains = {train[c].split("/")[0] for c in ep.classes}
+        assert len(domains) == 1 and len(set(ep.classes)) == 5
+        for idx, label in zip(ep.support + ep.query, ep.support_labels + ep.query_labels):
+            assert idx in items[ep.classes[label]]
+        seen |= domains
+    assert seen == {"glyphs", "icons", "cards"}  # uniform over domains: the small ones are drawn too
+    # Without domains the episodes are sample_episode's, draw for draw (runs before this option are unchanged).
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(20):
+        assert _sample(a, items, _groups(train, False), cfg) == sample_episode(b, items, 5, 1, 2)
+
+
 def test_a_tiny_run_raises_held_out_accuracy(glyphs, tmp_path, embedder, cache):
     out = tmp_path / "glyphs.safetensors"
     result = _run(glyphs, out, embedder, cache)
@@ -80,6 +106,26 @@ def test_a_tiny_run_raises_held_out_accuracy(glyphs, tmp_path, embedder, cache):
     log = json.loads(result.log_path.read_text())
     assert log["history"] == result.history
     assert result.curve_path.stat().st_size > 1000
+
+
+def test_a_run_over_domains_validates_each_and_records_them(tmp_path, embedder, cache):
+    """Two domains (capitals, and lower case with digits and signs): a short run keeps validation classes in
+    both, logs each one's accuracy, and the model file says what it was trained on."""
+    root = tmp_path / "domains"
+    write_glyph_tree(root / "upper", chars="ABCDEFGHJKLMNPQR", per_class=6, seed=2)
+    write_glyph_tree(root / "lower", chars="abdefghijkmnq2345", per_class=6, seed=3)
+    result = _run(root, tmp_path / "two.safetensors", embedder, cache, episodes=20, val_every=10, val_episodes=10,
+                  domains=True)
+    assert {c.split("/")[0] for c in result.val_classes} == {"upper", "lower"}
+    assert not set(result.train_classes) & set(result.val_classes)
+    assert [h["episode"] for h in result.history] == [10, 20]
+    for h in result.history:
+        by_domain = h["val_acc_by_domain"]
+        assert set(by_domain) == {"lower", "upper"}
+        assert h["val_acc"] == pytest.approx(sum(by_domain.values()) / 2, abs=0.01)
+    meta = read_model_metadata(tmp_path / "two.safetensors")["metatrain"]
+    assert meta["config"]["domains"] is True
+    assert set(meta["metrics"]["baseline_val_acc_by_domain"]) == {"lower", "upper"}
 
 
 def test_resume_continues_where_it_stopped(glyphs, tmp_path, embedder, cache):
