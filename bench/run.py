@@ -231,6 +231,7 @@ def machine_info(embedder: core.Embedder) -> dict:
         "backbone": embedder.backbone.name,
         "input_size": embedder.config.size,
         "batch_size": embedder.batch_size,
+        "runtime": embedder.runtime,  # what runs the trunk on the CPU (core.runtime); the result's "runtime" says why
     }
 
 
@@ -394,14 +395,34 @@ def prepared_input(embedder: core.Embedder, images: list[np.ndarray]) -> torch.T
 
 
 def bare_forward(embedder: core.Embedder, x: torch.Tensor) -> float:
-    """Seconds for one backbone forward on a prepared tensor, inference mode, the Embedder's autocast."""
+    """Seconds for one network forward on a prepared tensor (the trunk on the Embedder's runtime, then the tail),
+    inference mode, the Embedder's autocast."""
     device = embedder.device
     sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast(device):
-        embedder.backbone(x)
+        embedder.backbone.forward_tail(embedder.forward_trunk(x, device))
     sync(device)
     return time.perf_counter() - t0
+
+
+def bench_runtime(embedder: core.Embedder, torch_embedder: core.Embedder, data: TestData, s: Settings) -> dict:
+    """Bare forwards per image at batch 1 and at the folder's batch, the runtime's and PyTorch's interleaved."""
+    images = [rgb(f) for f in data.support_frames[CLASSES[0]]]
+    out: dict = {}
+    for bs in (1, embedder.batch_size):
+        x = prepared_input(embedder, [images[i % len(images)] for i in range(bs)])
+        times: dict[str, list[float]] = {"runtime": [], "torch": []}
+        for _ in range(s.warmup):
+            bare_forward(embedder, x)
+            bare_forward(torch_embedder, x)
+        for _ in range(max(3, s.live_frames // bs)):
+            times["runtime"].append(bare_forward(embedder, x) / bs)
+            times["torch"].append(bare_forward(torch_embedder, x) / bs)
+        ms = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        out[f"batch_{bs}"] = {"runtime_ms_per_image": round(ms["runtime"], 2), "torch_ms_per_image": round(ms["torch"], 2),
+                              "runtime_over_torch": round(ms["torch"] / ms["runtime"], 3)}
+    return out
 
 
 def bench_live(clf: core.FewShotClassifier, data: TestData, s: Settings) -> dict:
@@ -732,6 +753,19 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         result["peak_rss_mb"] = {"after_live": rss_live, "after_folder": peak_rss_mb()}
         log("6/6 one round of the labeling loop (predict, review order, estimate)")
         result["labeling_round_s"] = bench_labeling_round(embedder, s)
+        if embedder.device.type == "cpu" and embedder.runtime != "torch":
+            log("and again with PyTorch running the trunk: " + embedder.runtime_note)
+            torch_embedder = core.Embedder(embedder.backbone, device=embedder.device, runtime="torch")
+            clf_torch = build_classifier(torch_embedder, data)
+            torch_path = {"live_core": bench_live(clf_torch, data, s), "folder": bench_folder(clf_torch, data, tmp, s)}
+            result["runtime"] = {
+                "note": embedder.runtime_note,
+                "bare": bench_runtime(embedder, torch_embedder, data, s),
+                "torch_path": torch_path,
+                "live_runtime_over_torch": round(result["live_core"]["fps"] / torch_path["live_core"]["fps"], 3),
+                "folder_runtime_over_torch": round(result["folder"]["images_per_s"]["median"]
+                                                   / torch_path["folder"]["images_per_s"]["median"], 3),
+            }
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if embedder.messages:
         result["messages"] = embedder.messages  # e.g. a CUDA out-of-memory fallback to the CPU

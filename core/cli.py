@@ -59,6 +59,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="images per forward pass (default: 16 on the CPU, 32 on a GPU)")
     p.add_argument("--input-size", type=_positive_int, default=None, metavar="PX",
                    help="square input size in pixels (default: the backbone's, 224 for Lite0); a multiple of 32")
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default=None,
+                   help="what runs the frozen network on the CPU: auto (ONNX Runtime when it works, else PyTorch), "
+                        "onnxruntime, torch (default: PROTOLABEL_RUNTIME, else auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +241,7 @@ def _make_embedder(args):
         import dataclasses
 
         backbone.preprocess_config = dataclasses.replace(backbone.preprocess_config, size=args.input_size)
-    embedder = Embedder(backbone, args.device, batch_size=args.batch_size)
+    embedder = Embedder(backbone, args.device, batch_size=args.batch_size, runtime=args.runtime)
     embedder.on_message = lambda m: print(f"warning: {m}", file=sys.stderr)
     return embedder
 

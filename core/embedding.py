@@ -6,6 +6,7 @@ Two outputs per image: the pooled feature (D,) every method uses, and the trunk'
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +19,8 @@ import torch
 from .backbones import Backbone
 from .device import autocast, is_out_of_memory, select_device
 from .images import ImageError, PreprocessConfig, load_image
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["Embedder", "EmbeddedBatch", "Skipped", "CancelToken", "file_stamp", "load_many"]
 
@@ -135,12 +138,21 @@ class Embedder:
     """A backbone on a device. Prediction runs under inference_mode; CUDA uses bf16 autocast and channels_last.
     A CUDA out-of-memory error moves the model to the CPU, records why in ``messages`` and goes on."""
 
-    def __init__(self, backbone: Backbone, device: str | torch.device = "auto", batch_size: int | None = None) -> None:
+    def __init__(self, backbone: Backbone, device: str | torch.device = "auto", batch_size: int | None = None,
+                 runtime: str | None = None) -> None:
+        from .runtime import RUNTIMES, default_runtime
+
         self.backbone = backbone.eval()
         self.device = select_device(device) if isinstance(device, str) else device
         self._batch_size = batch_size
         self.messages: list[str] = []
         self.on_message: Callable[[str], None] | None = None
+        self.runtime = runtime or default_runtime()  # how the trunk runs on the CPU: core.runtime
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got '{self.runtime}'")
+        # Which runtime runs the trunk on the CPU and why (set at the first CPU forward).
+        self.runtime_note = "trunk: PyTorch (chosen)" if self.runtime == "torch" else ""
+        self._cpu_trunk: tuple[tuple, object] | None = None
         self._to_device(self.device)
 
     @property
@@ -199,6 +211,31 @@ class Embedder:
             self._fallback(exc)
             return fn(self.device)
 
+    def _trunk_runner(self):
+        """The ONNX Runtime trunk for CPU forwards (opened once per input size and thread count), or None."""
+        key = (self.config.size, torch.get_num_threads())
+        if self._cpu_trunk is None or self._cpu_trunk[0] != key:
+            from .runtime import open_trunk
+
+            runner, self.runtime_note = open_trunk(self.backbone.trunk, self.model_key(), self.config.size,
+                                                   torch.get_num_threads(), self.runtime)
+            self._cpu_trunk = (key, runner)
+            if runner is None and self.runtime == "onnxruntime":
+                self.messages.append(self.runtime_note)
+                if self.on_message:
+                    self.on_message(self.runtime_note)
+            (_log.info if runner is not None else _log.warning)(self.runtime_note)
+        return self._cpu_trunk[1]
+
+    def forward_trunk(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed -> (B, C, h, w) trunk maps on `device`; on the CPU through ONNX Runtime
+        unless the runtime is "torch" or unavailable (core.runtime)."""
+        if device.type == "cpu" and self.runtime != "torch":
+            runner = self._trunk_runner()
+            if runner is not None:
+                return runner(x)
+        return self.backbone.forward_trunk(self._input(x, device))
+
     def _input(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         if device.type == "cuda":
             return x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -214,7 +251,7 @@ class Embedder:
             if tail is not None:
                 tail.to(device)
             with torch.inference_mode(), autocast(device):
-                maps = self.backbone.forward_trunk(self._input(x, device))
+                maps = self.forward_trunk(x, device)
                 feats = self.backbone.forward_tail(maps, tail)
             return feats.float().cpu(), (maps.to(torch.float16).cpu() if with_maps else None)
 

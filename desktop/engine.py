@@ -475,7 +475,8 @@ class Engine(QObject):
 
     def _new_embedder(self, path: str | None) -> Embedder:
         backbone = load_model_file(path) if path else create_default_backbone()
-        embedder = Embedder(backbone, self.embedder.device, batch_size=self.embedder.batch_size)
+        embedder = Embedder(backbone, self.embedder.device, batch_size=self.embedder.batch_size,
+                            runtime=self.embedder.runtime)
         embedder.on_message = self.embedder.on_message
         return embedder
 

@@ -38,3 +38,10 @@ def test_quick_bench_measures_every_figure(tmp_path):
     assert 0 < folder["folder_over_bare"] < 2 and folder["accuracy"] >= 0.8
     assert result["live_core"]["stage_ms_median"]["embed"] > 0
     assert 0 < result["peak_rss_mb"]["after_live"] <= result["peak_rss_mb"]["after_folder"]
+    # The trunk ran on ONNX Runtime (the default on the CPU) and the same figures were taken with PyTorch.
+    runtime = result["runtime"]
+    assert runtime["note"].startswith("trunk: ONNX Runtime") and result["machine"]["runtime"] == "auto"
+    for batch in runtime["bare"].values():
+        assert batch["runtime_ms_per_image"] > 0 and batch["torch_ms_per_image"] > 0
+    assert runtime["live_runtime_over_torch"] > 0 and runtime["folder_runtime_over_torch"] > 0
+    assert runtime["torch_path"]["folder"]["accuracy"] >= 0.8

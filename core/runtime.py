@@ -1,0 +1,116 @@
+"""The frozen trunk on the CPU through ONNX Runtime: the same maps as PyTorch's, several times faster.
+
+The trunk (stem + the stages fine-tuning never touches) is exported once per model and input size to
+``<cache>/runtime/<model key>-<size>.onnx`` (the embedding caches' folder; PROTOLABEL_CACHE moves it), checked
+against PyTorch when made and when opened (a file that disagrees or doesn't load is made again, never trusted),
+and run by ONNX Runtime with all graph optimisations and as many threads as torch uses. The tail (what
+fine-tuning adapts) stays in PyTorch, as do training and CUDA.
+
+``runtime``: "auto" (ONNX Runtime on the CPU when it is installed and works, else PyTorch with one log line),
+"onnxruntime" (the same, but the fallback is logged as a warning), "torch". PROTOLABEL_RUNTIME sets the default.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path
+
+__all__ = ["RUNTIMES", "OnnxTrunk", "default_runtime", "open_trunk"]
+
+RUNTIMES = ("auto", "onnxruntime", "torch")
+OPSET = 17
+# The check: PyTorch's and the runtime's maps for the same random batch, flattened per image.
+MIN_COSINE = 0.9999
+log = logging.getLogger(__name__)
+
+
+def default_runtime() -> str:
+    value = os.environ.get("PROTOLABEL_RUNTIME", "auto").strip().lower() or "auto"
+    if value not in RUNTIMES:
+        raise ValueError(f"PROTOLABEL_RUNTIME must be one of {', '.join(RUNTIMES)}; got '{value}'")
+    return value
+
+
+def _runtime_dir() -> Path:
+    from .evaluation import default_cache_dir
+
+    return default_cache_dir().parent / "runtime"
+
+
+class OnnxTrunk:
+    """(B, 3, S, S) float32 -> (B, C, h, w) float32 trunk maps, through an ONNX Runtime session."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        self.path = path
+        self.threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
+        return torch.from_numpy(out)
+
+
+def _export(trunk: torch.nn.Module, size: int, path: Path) -> None:
+    x = torch.randn(2, 3, size, size)
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(trunk, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
+                          output_names=["maps"], dynamic_axes={"image": {0: "batch"}, "maps": {0: "batch"}})
+
+
+def _agrees(runner: OnnxTrunk, trunk: torch.nn.Module, size: int) -> float:
+    """The smallest per-image cosine between the runtime's maps and PyTorch's for a fixed random batch."""
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        want = trunk(x).flatten(1).float()
+    got = runner(x).flatten(1)
+    if got.shape != want.shape:
+        return -1.0
+    return float(F.cosine_similarity(got, want, dim=1).min())
+
+
+def open_trunk(trunk: torch.nn.Module, model_key: str, size: int, threads: int, runtime: str = "auto",
+               folder: Path | None = None) -> tuple[OnnxTrunk | None, str]:
+    """-> (the runtime's trunk, or None for PyTorch; one line saying which and why). Builds, checks and caches
+    the ONNX file; anything that goes wrong leaves PyTorch in charge, and the line says what."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got '{runtime}'")
+    if runtime == "torch":
+        return None, "trunk: PyTorch (chosen)"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "trunk: PyTorch (ONNX Runtime is not installed)"
+    path = (folder or _runtime_dir()) / f"{model_key}-{size}.onnx"
+    trunk = trunk.eval()
+    for attempt in ("cached", "made"):
+        try:
+            if attempt == "made" or not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _export(trunk, size, path)
+                attempt = "made"
+            runner = OnnxTrunk(path, threads)
+            cosine = _agrees(runner, trunk, size)
+            if cosine >= MIN_COSINE:
+                return runner, f"trunk: ONNX Runtime ({attempt} {path.name}, agrees with PyTorch to cosine {cosine:.6f})"
+            reason = f"its maps disagree with PyTorch's (cosine {cosine:.4f})"
+        except Exception as exc:  # a damaged file, an exporter or runtime error: PyTorch stays in charge
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if attempt == "made":
+            return None, f"trunk: PyTorch (the ONNX Runtime trunk failed: {reason})"
+        log.info("the cached ONNX trunk %s can't be used (%s); making it again", path, reason)
+    return None, "trunk: PyTorch"
