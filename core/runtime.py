@@ -64,10 +64,56 @@ class OnnxTrunk:
         return torch.from_numpy(out)
 
 
+class _StaticPadConv(torch.nn.Module):
+    """A TF-"same" convolution (timm's Conv2dSame) for one known input size: a fixed zero pad, then the conv.
+    Exported, it is Pad + Conv with constant pads instead of a chain of Shape/Ceil/Sub ops per convolution."""
+
+    def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.pads = pads
+        self.conv = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                                    conv.dilation, conv.groups, conv.bias is not None)
+        self.conv.weight = conv.weight
+        self.conv.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pads))
+
+
+def static_padding(trunk: torch.nn.Module, size: int) -> torch.nn.Module:
+    """A copy of `trunk` whose dynamic "same" padding is fixed for (size x size) inputs (same output)."""
+    import copy
+    import math
+
+    trunk = copy.deepcopy(trunk).eval()
+    seen: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for name, module in trunk.named_modules():
+        if type(module).__name__ == "Conv2dSame":
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, args, name=name: seen.__setitem__(name, tuple(args[0].shape[-2:]))))
+    with torch.no_grad():
+        trunk(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    for name, (ih, iw) in seen.items():
+        conv = trunk.get_submodule(name)
+        pad = []
+        for length, k, st, d in ((iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1]),
+                                 (ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])):
+            total = max((math.ceil(length / st) - 1) * st + (k - 1) * d + 1 - length, 0)
+            pad += [total // 2, total - total // 2]
+        parent_name, _, child = name.rpartition(".")
+        setattr(trunk.get_submodule(parent_name) if parent_name else trunk, child, _StaticPadConv(conv, tuple(pad)))
+    return trunk
+
+
 def _export(trunk: torch.nn.Module, size: int, path: Path) -> None:
+    trunk = static_padding(trunk, size)
     x = torch.randn(2, 3, size, size)
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch 2.14 flags the TorchScript exporter
+        warnings.filterwarnings("ignore", message=r"Constant folding", category=UserWarning)  # an exporter note
         torch.onnx.export(trunk, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
                           output_names=["maps"], dynamic_axes={"image": {0: "batch"}, "maps": {0: "batch"}})
 

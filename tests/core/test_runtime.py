@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from core import Embedder, FewShotClassifier
 from core.images import resize_for_model, to_tensor
-from core.runtime import open_trunk
+from core.runtime import open_trunk, static_padding
 from synthetic import SHAPE_CLASSES, draw_shape
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,6 +40,17 @@ def test_runtime_features_match_pytorch(backbone, tmp_path, monkeypatch):
     again = Embedder(backbone, "cpu", runtime="auto")
     again.embed_tensor(x[:1])
     assert again.runtime_note.startswith("trunk: ONNX Runtime (cached ")
+
+
+def test_static_padding_computes_the_same_maps(backbone):
+    """The exported trunk has its TF-"same" padding fixed for the input size: the same numbers, no shape ops."""
+    size = backbone.preprocess_config.size
+    fixed = static_padding(backbone.trunk, size)
+    assert not any(type(m).__name__ == "Conv2dSame" for m in fixed.modules())
+    assert any(type(m).__name__ == "Conv2dSame" for m in backbone.trunk.modules())  # the original is untouched
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.allclose(fixed(x), backbone.trunk.eval()(x), atol=1e-5)
 
 
 def test_without_onnx_runtime_the_trunk_runs_on_pytorch_and_says_so(backbone, tmp_path, monkeypatch, caplog):
