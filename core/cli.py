@@ -59,9 +59,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="images per forward pass (default: 16 on the CPU, 32 on a GPU)")
     p.add_argument("--input-size", type=_positive_int, default=None, metavar="PX",
                    help="square input size in pixels (default: the backbone's, 224 for Lite0); a multiple of 32")
-    p.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default=None,
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "int8", "torch"), default=None,
                    help="what runs the frozen network on the CPU: auto (ONNX Runtime when it works, else PyTorch), "
-                        "onnxruntime, torch (default: PROTOLABEL_RUNTIME, else auto)")
+                        "onnxruntime, int8 (ONNX Runtime, quantized), torch (default: PROTOLABEL_RUNTIME, else auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:

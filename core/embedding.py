@@ -217,7 +217,7 @@ class Embedder:
         if self._cpu_trunk is None or self._cpu_trunk[0] != key:
             from .runtime import open_trunk
 
-            runner, self.runtime_note = open_trunk(self.backbone.trunk, self.model_key(), self.config.size,
+            runner, self.runtime_note = open_trunk(self.backbone.trunk, self._weights_key(), self.config.size,
                                                    torch.get_num_threads(), self.runtime)
             self._cpu_trunk = (key, runner)
             if runner is None and self.runtime == "onnxruntime":
@@ -291,8 +291,15 @@ class Embedder:
                 return
 
     def model_key(self) -> str:
-        """Identifies backbone weights + preprocessing (and DECODE_VERSION), for caches: sha1 of the tail + trunk
-        parameters."""
+        """Identifies what computes the maps and features, for caches: the weights and preprocessing
+        (``_weights_key``), and an int8 trunk, whose maps differ from the float ones."""
+        key = self._weights_key()
+        if self.runtime == "int8" and self.device.type == "cpu":
+            key = hashlib.sha1(f"{key}:int8".encode()).hexdigest()[:16]
+        return key
+
+    def _weights_key(self) -> str:
+        """Backbone weights + preprocessing (and DECODE_VERSION): sha1 of the tail + trunk parameters."""
         h = hashlib.sha1(f"{self.backbone.name}:{self.backbone.feature_dim}".encode())
         h.update(repr(self.config.to_dict()).encode())
         h.update(f"decode {DECODE_VERSION}".encode())

@@ -105,3 +105,23 @@ def test_a_fine_tuned_tail_on_the_runtime_trunk_predicts_as_on_pytorch(backbone,
     assert [p.label for p in p_ort] == [p.label for p in p_torch]
     assert max(abs(a.probability - b.probability) for a, b in zip(p_ort, p_torch)) < 1e-3
     assert sum(p.label == k for p, k in zip(p_ort, kinds)) >= 12  # and the predictions are mostly right
+
+
+def test_the_int8_trunk_is_an_option_with_its_own_cache_key(backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOLABEL_CACHE", str(tmp_path / "features"))
+    int8 = Embedder(backbone, "cpu", runtime="int8")
+    fp32 = Embedder(backbone, "cpu", runtime="onnxruntime")
+    x, kinds = _batch(int8.config, n=16, seed=4)
+    f8, f32 = int8.embed_tensor(x)[0], fp32.embed_tensor(x)[0]
+    assert int8.runtime_note.startswith("trunk: ONNX Runtime (made ") and "-int8.onnx" in int8.runtime_note
+    assert sorted(p.name for p in (tmp_path / "runtime").glob("*.onnx")) == \
+        [f"{fp32.model_key()}-{fp32.config.size}-int8.onnx", f"{fp32.model_key()}-{fp32.config.size}.onnx"]
+    # Its maps are not the float ones: caches keep them apart.
+    assert int8.model_key() != fp32.model_key() and int8._weights_key() == fp32.model_key()
+    assert 0.9 < float(F.cosine_similarity(f8, f32).min()) < 0.99999
+    clf = FewShotClassifier(fp32)
+    rng = np.random.default_rng(6)
+    for kind in SHAPE_CLASSES:
+        clf.add_examples(kind, [draw_shape(kind, rng) for _ in range(3)])
+    same = sum(a.label == b.label for a, b in zip(clf.predict_features(f8), clf.predict_features(f32)))
+    assert same >= 14, same
