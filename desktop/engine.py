@@ -137,6 +137,16 @@ def _skipped_notice(skipped: dict[str, str], folder: str, shown: int = 5) -> str
     return f"{len(skipped)} file(s) in {folder} could not be read and were skipped: " + "; ".join(parts) + more
 
 
+def _warm_up(embedder: Embedder) -> None:
+    """One forward of a blank image before the first frame: on the CPU it opens (the first time: exports and
+    checks, ~2 s) the ONNX Runtime trunk, so no frame waits for that, and the status bar can say which runtime
+    runs."""
+    import torch
+
+    size = embedder.config.size
+    embedder.embed_tensor(torch.zeros(1, 3, size, size))
+
+
 class Engine(QObject):
     """See the module docstring. ``make_embedder`` runs in the engine thread (loading weights takes a while)."""
 
@@ -230,6 +240,7 @@ class Engine(QObject):
             self.embedder = self._make_embedder()
             self.embedder.on_message = lambda m: self.message.emit("warning", m)
             self.classifier = FewShotClassifier(self.embedder)
+            _warm_up(self.embedder)
             self.ready.emit(self.model_description())
         except Exception as exc:  # no model, no app: say why
             log.exception("model failed to load")
@@ -478,6 +489,7 @@ class Engine(QObject):
         embedder = Embedder(backbone, self.embedder.device, batch_size=self.embedder.batch_size,
                             runtime=self.embedder.runtime)
         embedder.on_message = self.embedder.on_message
+        _warm_up(embedder)
         return embedder
 
     def _set_model(self, path: str | None, cancel: CancelToken) -> str:
@@ -505,7 +517,10 @@ class Engine(QObject):
     def model_description(self) -> str:
         path = self.settings.get("model") or default_model_file()
         name = Path(path).name if path else "ImageNet-pretrained"
-        return f"{self.embedder.backbone.name} ({name}) on {self.embedder.device.type.upper()}"
+        text = f"{self.embedder.backbone.name} ({name}) on {self.embedder.device.type.upper()}"
+        if self.embedder.device.type == "cpu":
+            text += " · ONNX Runtime" if "ONNX Runtime" in self.embedder.runtime_note else " · PyTorch"
+        return text
 
     # ------------------------------------------------------------------ intents: fine-tuning
     def finetune(self, budget_s: float = 10.0, max_steps: int = 40) -> None:

@@ -52,6 +52,7 @@ def test_whole_session(qtbot, make_window, clip, tmp_path):
     window.show()
     until(qtbot, lambda: window.model_ready)
     assert "efficientnet_lite0" in window.model_label.text()
+    assert window.model_label.text().endswith("on CPU · ONNX Runtime")  # the trunk's runtime, opened before frames
 
     # The camera stand-in: a generated clip, read in real time like a webcam.
     window.open_video(str(clip))
