@@ -19,7 +19,7 @@ from .classifier_state import STATE_FORMAT_VERSION, StateError, read_state, writ
 from .embedding import Embedder
 from .finetune import FinetuneProgress, FinetuneResult, adapted_tail, finetune_tail
 from .images import resize_for_model
-from .methods import FewShotMethod, class_means, create_method
+from .methods import FewShotMethod, class_means, create_method, method_for
 
 __all__ = ["FewShotClassifier", "Prediction", "Example", "StateError", "STATE_FORMAT_VERSION", "UNKNOWN_LABEL"]
 
@@ -217,11 +217,8 @@ class FewShotClassifier:
         change (live video calls this for every frame). transductive: the method's transductive variant, when
         it has one."""
         if transductive not in self._methods:
-            name = self.method_name
-            if transductive:
-                name = create_method(name).transductive_variant or name
             feats, labels, used = self._support()
-            method = create_method(name)
+            method = create_method(method_for(self.method_name, transductive))
             method.process_support_set(feats, labels, len(used))
             self._methods[transductive] = method
         return self._methods[transductive]

@@ -140,16 +140,14 @@ class Embedder:
 
     def __init__(self, backbone: Backbone, device: str | torch.device = "auto", batch_size: int | None = None,
                  runtime: str | None = None) -> None:
-        from .runtime import RUNTIMES, default_runtime
+        from .runtime import checked_runtime
 
         self.backbone = backbone.eval()
         self.device = select_device(device) if isinstance(device, str) else device
         self._batch_size = batch_size
         self.messages: list[str] = []
         self.on_message: Callable[[str], None] | None = None
-        self.runtime = runtime or default_runtime()  # how the trunk runs on the CPU: core.runtime
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got '{self.runtime}'")
+        self.runtime = checked_runtime(runtime)  # how the trunk runs on the CPU: core.runtime
         # Which runtime runs the trunk on the CPU and why (set at the first CPU forward).
         self.runtime_note = "trunk: PyTorch (chosen)" if self.runtime == "torch" else ""
         self._cpu_trunk: tuple[tuple, object] | None = None

@@ -22,7 +22,7 @@ from .embedding import CancelToken, Embedder, Skipped
 from .embedding_cache import EmbeddingCache
 from .finetune import adapted_tail, finetune_tail
 from .images import class_folders
-from .methods import create_method
+from .methods import create_method, method_for
 from .training import sample_episode
 
 __all__ = ["FeatureTable", "EvalResult", "build_feature_table", "evaluate", "default_cache_dir"]
@@ -203,7 +203,7 @@ def evaluate(
         raise ValueError("fine-tuned evaluation needs the embedder and trunk maps")
     items = table.items_per_class()
     results: dict[int, EvalResult] = {}
-    name = (create_method(method).transductive_variant or method) if transductive else method
+    name = method_for(method, transductive)
     for shot in shots:
         rng = np.random.default_rng([seed, shot])
         accs: list[float] = []

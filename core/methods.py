@@ -21,6 +21,7 @@ __all__ = [
     "class_means",
     "cosine_logits",
     "create_method",
+    "method_for",
     "CentredCosineHead",
     "centred_cosines",
     "centred_prototypes",
@@ -234,6 +235,12 @@ def register_method(name: str, factory: Callable[..., FewShotMethod]) -> Callabl
 
 def available_methods() -> list[str]:
     return list(_METHODS)
+
+
+def method_for(name: str, transductive: bool) -> str:
+    """The registered method to fit for `name`: itself, or its transductive variant when the whole query batch
+    is known (folder labeling) and it has one."""
+    return (create_method(name).transductive_variant or name) if transductive else name
 
 
 def create_method(name: str = "prototypes", **kwargs) -> FewShotMethod:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 
-__all__ = ["RUNTIMES", "OnnxTrunk", "default_runtime", "open_trunk"]
+__all__ = ["RUNTIMES", "OnnxTrunk", "checked_runtime", "open_trunk"]
 
 RUNTIMES = ("auto", "onnxruntime", "int8", "torch")
 OPSET = 17
@@ -37,11 +37,14 @@ CALIBRATION_IMAGES = 64
 log = logging.getLogger(__name__)
 
 
-def default_runtime() -> str:
-    value = os.environ.get("PROTOLABEL_RUNTIME", "auto").strip().lower() or "auto"
-    if value not in RUNTIMES:
-        raise ValueError(f"PROTOLABEL_RUNTIME must be one of {', '.join(RUNTIMES)}; got '{value}'")
-    return value
+def checked_runtime(runtime: str | None, what: str = "runtime") -> str:
+    """`runtime`, or PROTOLABEL_RUNTIME when None (else "auto"); ValueError naming `what` for anything else."""
+    if runtime is None:
+        return checked_runtime(os.environ.get("PROTOLABEL_RUNTIME", "auto").strip().lower() or "auto",
+                               "PROTOLABEL_RUNTIME")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"{what} must be one of {', '.join(RUNTIMES)}; got '{runtime}'")
+    return runtime
 
 
 def _runtime_dir() -> Path:
@@ -61,7 +64,6 @@ class OnnxTrunk:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         self.path = path
-        self.threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -169,9 +171,7 @@ def open_trunk(trunk: torch.nn.Module, model_key: str, size: int, threads: int, 
                folder: Path | None = None) -> tuple[OnnxTrunk | None, str]:
     """-> (the runtime's trunk, or None for PyTorch; one line saying which and why). Builds, checks and caches
     the ONNX file; anything that goes wrong leaves PyTorch in charge, and the line says what."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got '{runtime}'")
-    if runtime == "torch":
+    if checked_runtime(runtime) == "torch":
         return None, "trunk: PyTorch (chosen)"
     try:
         import onnxruntime  # noqa: F401
