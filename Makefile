@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OPENCLIPART := /usr/share/openclipart/png
 
-.PHONY: install qt-libs test-tools run demo selftest lint test test-memory test-fast bench bench-resolution openclipart clean
+.PHONY: install qt-libs test-tools run demo selftest lint test test-memory test-fast test-integrations bench bench-resolution openclipart clean
 
 # PyPI's Linux torch brings ~4.5 GB of CUDA libraries (the venv: ~6.3 GB). DEV_TORCH=auto (default) installs
 # it when there is room, but with less than $(DEV_TORCH_MIN_MB) MB free takes the CPU-only wheel instead, where
@@ -89,6 +89,24 @@ lint: install
 
 test-fast: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not slow"
+
+# A real Label Studio reads the `labelstudio` export through one local files storage (tests_integrations/, which
+# `make test` leaves out): Label Studio starts on 127.0.0.1 with its data in a temporary folder, gets a project, the
+# exported labeling config, the one storage the export names and the tasks; every task's label and image are checked
+# through its API. It runs in its own environment, $(INTEGRATIONS_VENV) (label-studio, requests, pytest; the first run
+# installs them, several minutes), so .venv stays lean; ProtoLabel runs as .venv's `protolabel`.
+INTEGRATIONS_VENV  := build/integrations-venv
+INTEGRATIONS_STAMP := $(INTEGRATIONS_VENV)/.installed-stamp
+LABEL_STUDIO_SPEC  ?= label-studio>=1.20,<1.30
+$(INTEGRATIONS_STAMP):
+	test -x $(INTEGRATIONS_VENV)/bin/python || $(PYTHON) -m venv $(INTEGRATIONS_VENV)
+	$(INTEGRATIONS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(INTEGRATIONS_VENV)/bin/python -m pip install --no-cache-dir "$(LABEL_STUDIO_SPEC)" requests pytest
+	@$(INTEGRATIONS_VENV)/bin/python -m pip show label-studio | sed -n 's/^Version: /label-studio /p'
+	touch $@
+
+test-integrations: $(STAMP) $(INTEGRATIONS_STAMP)
+	PROTOLABEL=$(CURDIR)/$(VENV)/bin/protolabel $(INTEGRATIONS_VENV)/bin/python -m pytest -p no:cacheprovider -s tests_integrations
 
 bench: install
 	$(PY) bench/run.py

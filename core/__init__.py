@@ -20,19 +20,25 @@ from .backbones import (
     load_model_file,
     save_model_file,
 )
-from .classifier import UNKNOWN_LABEL, Example, FewShotClassifier, Prediction, StateError
+from .classifier import UNKNOWN_LABEL, ClassifierCheckpoint, Example, FewShotClassifier, Prediction, StateError
 from .device import configure_threads, select_device
 from .embedding import CancelToken, Embedder, Skipped, load_for_model
 from .export_model import EXPORT_FORMATS, ExportedModelInfo, export_model, read_exported_metadata
 from .export import (
+    LABEL_EXPORT_DEFAULTS,
     LABEL_FORMATS,
+    LINK_MODES,
     ExportError,
     ExportReport,
     LabelEntry,
     LabelSet,
     export_labels,
     iter_export,
+    label_export_settings,
+    label_format_layout,
+    label_format_options,
     read_labels,
+    select_labels,
 )
 from .finetune import FinetuneProgress, FinetuneResult
 from .images import (
@@ -63,6 +69,7 @@ from .project import (
     ProjectError,
     StoredLabel,
     class_color,
+    forget_labels,
     load_project,
     open_embedding_cache,
     has_backup,
@@ -87,12 +94,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BACKBONE", "Backbone", "ModelFileError", "WeightsNotFoundError", "available_backbones",
     "create_backbone", "create_default_backbone", "default_model_file", "load_model_file", "save_model_file",
-    "UNKNOWN_LABEL", "Example", "FewShotClassifier", "Prediction", "StateError",
+    "UNKNOWN_LABEL", "ClassifierCheckpoint", "Example", "FewShotClassifier", "Prediction", "StateError",
     "configure_threads", "select_device",
     "CancelToken", "Embedder", "Skipped", "load_for_model",
     "LABEL_FORMATS", "ExportError", "ExportReport", "LabelEntry", "LabelSet", "export_labels", "iter_export",
     "EXPORT_FORMATS", "ExportedModelInfo", "export_model", "read_exported_metadata",
-    "read_labels",
+    "read_labels", "LABEL_EXPORT_DEFAULTS", "LINK_MODES", "label_export_settings", "label_format_layout",
+    "label_format_options", "select_labels",
     "FinetuneProgress", "FinetuneResult",
     "IMAGE_EXTENSIONS", "ImageError", "PreprocessConfig", "class_folders", "crop", "from_bgr", "list_images",
     "load_image", "preprocess",
@@ -102,7 +110,7 @@ __all__ = [
     "AcceptPreview", "Estimate", "LabelingSession", "SessionOptions",
     "Project", "ProjectError", "StoredLabel", "class_color", "load_project", "open_embedding_cache", "read_project_meta", "save_project",
     "has_backup", "restore_backup",
-    "store_labels",
+    "forget_labels", "store_labels",
     "VIDEO_EXTENSIONS", "CameraInfo", "CameraSource", "Frame", "FrameSource", "SourceError",
     "VideoFileSource", "list_cameras",
     "__version__",

@@ -21,7 +21,7 @@ from .finetune import FinetuneProgress, FinetuneResult, adapted_tail, finetune_t
 from .images import resize_for_model
 from .methods import FewShotMethod, class_means, create_method, method_for
 
-__all__ = ["FewShotClassifier", "Prediction", "Example", "StateError", "STATE_FORMAT_VERSION", "UNKNOWN_LABEL"]
+__all__ = ["FewShotClassifier", "ClassifierCheckpoint", "Prediction", "Example", "StateError", "STATE_FORMAT_VERSION", "UNKNOWN_LABEL"]
 
 UNKNOWN_LABEL = "unknown"
 
@@ -51,6 +51,16 @@ class Prediction:
     @property
     def distance(self) -> float:
         return 1.0 - self.similarity
+
+
+@dataclass(frozen=True)
+class ClassifierCheckpoint:
+    """What FewShotClassifier.restore needs to go back (see FewShotClassifier.checkpoint)."""
+
+    generation: int
+    classes: tuple[str, ...]
+    examples: tuple[tuple[Example, str], ...]  # each example with its class at the time
+    tail: torch.nn.Module | None
 
 
 class FewShotClassifier:
@@ -153,6 +163,27 @@ class FewShotClassifier:
         if class_name not in self.classes:
             self.add_class(class_name)
         self.examples[example_id].class_name = class_name
+        self._changed()
+
+    # ------------------------------------------------------------------ undo
+    def checkpoint(self) -> "ClassifierCheckpoint":
+        """The classes and examples as they are now, cheap to keep (examples are shared, not copied)."""
+        return ClassifierCheckpoint(self.generation, tuple(self.classes),
+                                    tuple((ex, ex.class_name) for ex in self.examples.values()),
+                                    self.adapted_tail)
+
+    def restore(self, checkpoint: "ClassifierCheckpoint") -> None:
+        """Back to a checkpoint's classes and examples (an undo or redo). The adapted tail stays as it is now:
+        restored examples get their features through it again when it changed since."""
+        self.classes = list(checkpoint.classes)
+        self.examples = {}
+        for ex, class_name in checkpoint.examples:
+            ex.class_name = class_name  # moves and renames change it in place
+            self.examples[ex.id] = ex
+        if checkpoint.tail is not self.adapted_tail and self.examples:
+            exs = list(self.examples.values())
+            for e, f in zip(exs, self.features_from_maps(torch.stack([e.map for e in exs]))):
+                e.feature = f
         self._changed()
 
     # ------------------------------------------------------------------ embedding

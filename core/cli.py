@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/classes.json, mapping them back to the class names.")
     q.add_argument("src", metavar="SRC", help="a project folder or a labels CSV")
     q.add_argument("--format", required=True, choices=LABEL_FORMATS)
-    q.add_argument("--out", required=True, metavar="PATH", help="the file (csv, json, labelstudio) or folder to write")
+    q.add_argument("--out", required=True, metavar="PATH",
+                   help="the file (csv, json, labelstudio: .json is added when the name lacks it) or folder to write")
     q.add_argument("--only-confirmed", action="store_true",
                    help="only labels a person gave (confirmed, and the examples)")
     q.add_argument("--min-confidence", type=float, default=None, metavar="X",
@@ -177,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--link", choices=LINK_MODES, default=None,
                    help="imagefolder, yolo-cls: copy files (default), hard-link or symlink them")
     q.add_argument("--document-root", metavar="DIR", default=None,
-                   help="labelstudio: image URLs for Label Studio's local files storage, relative to this folder "
-                        "(Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+                   help="labelstudio: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, when it is given (e.g. a "
+                        "Docker volume); the tasks file must be inside it. Default: the folder above the one holding "
+                        "the labeled images and the tasks file. The export names the document root and the one local "
+                        "files storage to add (also in <tasks>.local_storage.json)")
     q.add_argument("--overwrite", action="store_true",
                    help="replace an earlier export at OUT (a folder: only what that export wrote)")
     q = export_sub.add_parser("model", help="the project's classifier as one ONNX or TorchScript file")
@@ -551,23 +554,27 @@ def cmd_export(args) -> int:
 
 def cmd_export_labels(args) -> int:
     from .embedding import CancelToken
-    from .export import iter_export, read_labels
+    from .export import iter_export, label_export_settings, read_labels, select_labels
 
     labels = read_labels(args.src)
-    chosen = labels.filtered(args.only_confirmed, args.min_confidence, args.include_unknown)
-    print(f"{_plural(len(labels.records), 'label')} in '{args.src}', {len(chosen.records)} pass the filters"
-          + (f"; {len(labels.rejected)} unusable" if labels.rejected else ""), file=sys.stderr)
-    for s in labels.rejected[:5]:
-        print(f"  not used: {s.reason}", file=sys.stderr)
-    if not chosen.records:
-        raise ValueError("nothing to export" + (" (see --include-unknown, --only-confirmed, --min-confidence)"
-                                                if labels.records else ""))
+    # The window's export runs the same select_labels with the same settings (desktop/export_dialog.py).
+    given = {"only_confirmed": args.only_confirmed, "min_confidence": args.min_confidence,
+             "include_unknown": args.include_unknown, "overwrite": args.overwrite, "link": args.link,
+             "val_split": args.val_split, "seed": args.seed, "document_root": args.document_root}
+    label_export_settings(args.format, **given)  # a wrong flag fails before the summary below
+    chosen = None
+    try:
+        chosen, keywords = select_labels(labels, args.format, **given)
+    finally:
+        print(f"{_plural(len(labels.records), 'label')} in '{args.src}', "
+              f"{len(chosen.records) if chosen else 0} pass the filters"
+              + (f"; {len(labels.rejected)} unusable" if labels.rejected else ""), file=sys.stderr)
+        for s in labels.rejected[:5]:
+            print(f"  not used: {s.reason}", file=sys.stderr)
     token = CancelToken()
     try:
         with _Interrupt(token):
-            report = _progress(iter_export(chosen, args.format, args.out, overwrite=args.overwrite, cancel=token,
-                                           link=args.link, val_split=args.val_split, seed=args.seed,
-                                           document_root=args.document_root), "exporting")
+            report = _progress(iter_export(chosen, args.format, args.out, cancel=token, **keywords), "exporting")
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -575,13 +582,15 @@ def cmd_export_labels(args) -> int:
     print(f"exported {_plural(report.written, 'label')} as {args.format}"
           + (f", {report.copied_instead} copied (no hard link possible)" if report.copied_instead else "")
           + (f", {len(report.skipped)} skipped (missing or unreadable)" if report.skipped else "")
-          + (" (cancelled)" if report.cancelled else "") + f" -> {args.out}", file=sys.stderr)
+          + (" (cancelled)" if report.cancelled else "") + f" -> {report.out}", file=sys.stderr)
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(report.counts.items(), key=lambda kv: -kv[1]))
     if summary:
         print(f"  {summary}", file=sys.stderr)
     for part, counts in report.splits.items():
         print(f"  {part}: {sum(counts.values())} images", file=sys.stderr)
     _print_skipped(report.skipped, 5)
+    for note in report.notes:
+        print(f"  {note}", file=sys.stderr)
     return 130 if report.cancelled else 0
 
 

@@ -164,6 +164,7 @@ class EvalResult:
     ci95: float  # percent, 1.96 * std / sqrt(episodes)
     adapt_ms_median: float
     episodes: int
+    per_episode: tuple[float, ...] = ()  # accuracy of each episode (the same episodes in every mode: paired)
 
     def to_dict(self) -> dict:
         return {"accuracy": round(self.accuracy, 2), "ci95": round(self.ci95, 2),
@@ -239,5 +240,6 @@ def evaluate(
             yield EpisodeProgress(shot, e + 1, episodes, float(np.mean(accs)))
         arr = np.asarray(accs)
         ci = 1.96 * arr.std() / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
-        results[shot] = EvalResult(shot, float(arr.mean()), float(ci), float(statistics.median(times)), len(arr))
+        results[shot] = EvalResult(shot, float(arr.mean()), float(ci), float(statistics.median(times)), len(arr),
+                                   tuple(accs))
     return results

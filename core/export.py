@@ -6,7 +6,9 @@ Formats are writers in a small registry (`register_label_format`), dispatched by
 
   csv          the labels CSV of core/labels_csv.py (one file, written atomically)
   json         {"format": "protolabel-labels", "version": 1, "project", "classes", "labels"} (one file)
-  labelstudio  Label Studio tasks (one JSON file) and the matching labeling config (<stem>.label_config.xml)
+  labelstudio  Label Studio tasks (<stem>.json), the matching labeling config (<stem>.label_config.xml), the
+               local files storage settings (<stem>.local_storage.json) and, where needed, copies of the
+               files Label Studio could not serve otherwise (<stem>-files/): see `_write_labelstudio`
   imagefolder  out/<class>/<file>                              (torchvision ImageFolder, Keras, fastai)
   yolo-cls     out/train/<class>/<file>, out/val/<class>/<file> (Ultralytics classification)
 
@@ -17,6 +19,7 @@ export with `overwrite=True` removes exactly those and keeps anything else in th
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -48,7 +51,10 @@ from .project import (
 )
 
 __all__ = [
+    "LABEL_EXPORT_DEFAULTS",
+    "LABEL_FILTER_DEFAULTS",
     "LABEL_FORMATS",
+    "LABEL_OPTION_DEFAULTS",
     "LINK_MODES",
     "MANIFEST_FILE",
     "ExportError",
@@ -57,9 +63,13 @@ __all__ = [
     "LabelSet",
     "export_labels",
     "iter_export",
+    "label_export_settings",
+    "label_format_layout",
+    "label_format_options",
     "read_labels",
     "register_label_format",
     "safe_name",
+    "select_labels",
 ]
 
 MANIFEST_FILE = "classes.json"
@@ -138,12 +148,19 @@ class ExportReport:
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # yolo-cls: {"train"|"val": {class: n}}
     copied_instead: int = 0  # hard links that were impossible (another file system): copied instead
     cancelled: bool = False
+    # labelstudio: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT and the path of the one local files
+    # storage to add; notes: what to do with the export, in words (the CLI prints them, the window shows them)
+    document_root: Path | None = None
+    storage_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"format": self.format, "out": str(self.out), "written": self.written,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
                 "outputs": [str(p) for p in self.outputs], "counts": self.counts, "splits": self.splits,
-                "copied_instead": self.copied_instead, "cancelled": self.cancelled}
+                "copied_instead": self.copied_instead, "cancelled": self.cancelled,
+                "document_root": None if self.document_root is None else str(self.document_root),
+                "storage_path": None if self.storage_path is None else str(self.storage_path), "notes": self.notes}
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -342,18 +359,24 @@ class _Format:
     options: tuple[str, ...]  # the options it takes besides overwrite / cancel
     write: Callable
     description: str
+    suffix: str | None = None  # the file's name always ends in it (added when missing)
+    with_files: bool = False  # a file that names files it places beside it; the writer writes everything
 
 
 _FORMATS: dict[str, _Format] = {}
 
 
-def register_label_format(name: str, layout: str, options: tuple[str, ...] = (), description: str = ""):
+def register_label_format(name: str, layout: str, options: tuple[str, ...] = (), description: str = "",
+                          suffix: str | None = None, with_files: bool = False):
     """Register a writer for `iter_export`; records are the ones whose files exist. File layout:
     write(labelset, records, out, **options) -> {path: text}, each written atomically by the caller.
     Folder layout: write(labelset, records, writer: _FolderWriter, cancel, **options) -> iterator of
-    Progress; files go through the writer (safe names, no overwriting, the manifest)."""
+    Progress; files go through the writer (safe names, no overwriting, the manifest).
+    A file with_files (it names files it places beside it, e.g. Label Studio tasks): write(labelset, records,
+    out, report, overwrite, cancel, **options) -> a generator of Progress that writes everything itself.
+    suffix: `out` gets it appended when its name doesn't end in it (any case)."""
     def deco(fn):
-        _FORMATS[name] = _Format(name, layout, options, fn, description)
+        _FORMATS[name] = _Format(name, layout, options, fn, description, suffix, with_files)
         return fn
     return deco
 
@@ -366,7 +389,8 @@ def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwri
     layout: or be empty) unless overwrite: a file is then replaced; a folder loses only what an earlier
     export listed in its manifest. `cancel`: an object with a `cancelled` flag, checked between files.
     Options: link (copy|hardlink|symlink; imagefolder, yolo-cls), val_split and seed (yolo-cls),
-    document_root (labelstudio)."""
+    document_root (labelstudio). `report.out` is the file or folder written: a format with a
+    suffix gets it appended (labelstudio: "tasks" -> "tasks.json")."""
     spec = _FORMATS.get(fmt)
     if spec is None:
         raise ExportError(f"unknown label format '{fmt}'; choose one of {', '.join(_FORMATS)}")
@@ -379,6 +403,10 @@ def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwri
     if "val_split" in options and not 0.0 < options["val_split"] < 1.0:
         raise ExportError(f"--val-split must be between 0 and 1 (exclusive), got {options['val_split']}")
     out = Path(out)
+    if spec.suffix and not out.name.lower().endswith(spec.suffix):
+        if out.is_dir():
+            raise ExportError(f"'{out}' is a folder; name a file to write")
+        out = out.with_name(out.name + spec.suffix)  # appended, not swapped: "tasks.v2" -> "tasks.v2.json"
     report = ExportReport(fmt, out)
     records = []
     for r in labelset.records:
@@ -386,17 +414,13 @@ def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwri
             records.append(r)
         else:
             report.skipped.append(Skipped(str(r.path), f"{r.path}: missing"))
+    if spec.with_files:
+        yield from spec.write(labelset, records, out, report, overwrite=overwrite, cancel=cancel, **options)
+        return report
     if spec.layout == "file":
         files = spec.write(labelset, records, out, **options)
-        for path in files:
-            if path.is_dir():
-                raise ExportError(f"'{path}' is a folder; name a file to write")
-            if path.exists() and not overwrite:
-                raise ExportError(f"'{path}' exists; pass --overwrite to replace it")
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, text)
-            report.outputs.append(path)
+        _check_free(files, overwrite)
+        _write_texts(files, report)
         report.written = len(records)
         for r in records:
             report.counts[r.label] = report.counts.get(r.label, 0) + 1
@@ -409,11 +433,87 @@ def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwri
     return report
 
 
+def _check_free(paths, overwrite: bool) -> None:
+    """Refuse, before anything is written, to replace a folder, or a file without overwrite."""
+    for path in paths:
+        if path.is_dir():
+            raise ExportError(f"'{path}' is a folder; name a file to write")
+        if path.exists() and not overwrite:
+            raise ExportError(f"'{path}' exists; pass --overwrite to replace it")
+
+
+def _write_texts(files: dict[Path, str], report: ExportReport) -> None:
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+        report.outputs.append(path)
+
+
 def export_labels(labelset: LabelSet, fmt: str, out: str | os.PathLike, **options) -> ExportReport:
     """`iter_export` run to its end -> the ExportReport."""
     from .runs import finish
 
     return finish(iter_export(labelset, fmt, out, **options))
+
+
+# What `protolabel export labels` does without flags; the window's export dialog starts from the same. The filters
+# (LabelSet.filtered), overwrite, then every format option (a format takes those its registration lists).
+LABEL_FILTER_DEFAULTS = {"only_confirmed": False, "min_confidence": None, "include_unknown": False}
+LABEL_OPTION_DEFAULTS = {"link": "copy", "val_split": 0.2, "seed": 0, "document_root": None}
+LABEL_EXPORT_DEFAULTS = {**LABEL_FILTER_DEFAULTS, "overwrite": False, **LABEL_OPTION_DEFAULTS}
+
+
+def _format_spec(fmt: str) -> _Format:
+    spec = _FORMATS.get(fmt)
+    if spec is None:
+        raise ExportError(f"unknown label format '{fmt}'; choose one of {', '.join(_FORMATS)}")
+    return spec
+
+
+def label_format_options(fmt: str) -> tuple[str, ...]:
+    """The options `fmt` takes besides the filters and overwrite, e.g. ("link", "val_split", "seed")."""
+    return _format_spec(fmt).options
+
+
+def label_format_layout(fmt: str) -> str:
+    """"file" (one file, e.g. JSON) or "folder" (a new or empty folder)."""
+    return _format_spec(fmt).layout
+
+
+def label_export_settings(fmt: str, **given) -> dict:
+    """Every setting an export of `fmt` runs with: the filters, overwrite and the format's own options, each
+    as given or (missing or None) the command line's default (LABEL_EXPORT_DEFAULTS). An option set for a
+    format that doesn't take it, or a value out of range, raises ExportError, as the command line says it."""
+    options = label_format_options(fmt)
+    unknown = sorted(set(given) - set(LABEL_EXPORT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown export setting(s): {', '.join(unknown)}")
+    wrong = sorted(k for k in LABEL_OPTION_DEFAULTS if given.get(k) is not None and k not in options)
+    if wrong:
+        raise ExportError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to --format {fmt}")
+    names = [*LABEL_FILTER_DEFAULTS, "overwrite", *(k for k in LABEL_OPTION_DEFAULTS if k in options),
+             *(k for k in options if k not in LABEL_OPTION_DEFAULTS)]
+    settings = {k: given[k] if given.get(k) is not None else LABEL_EXPORT_DEFAULTS.get(k) for k in names}
+    low = settings["min_confidence"]
+    if low is not None and not 0.0 <= low <= 1.0:
+        raise ExportError(f"--min-confidence must be between 0 and 1, got {low}")
+    if "link" in settings and settings["link"] not in LINK_MODES:
+        raise ExportError(f"--link must be one of {', '.join(LINK_MODES)}, got '{settings['link']}'")
+    if "val_split" in settings and not 0.0 < settings["val_split"] < 1.0:
+        raise ExportError(f"--val-split must be between 0 and 1 (exclusive), got {settings['val_split']}")
+    return settings
+
+
+def select_labels(labels: LabelSet, fmt: str, **given) -> tuple[LabelSet, dict]:
+    """The one selection `protolabel export labels` and the window make: `label_export_settings(fmt, **given)`,
+    then -> (the labels that pass its filters, the keywords for `iter_export`: overwrite and fmt's options).
+    ExportError "nothing to export" when no label passes."""
+    settings = label_export_settings(fmt, **given)
+    chosen = labels.filtered(**{k: settings.pop(k) for k in LABEL_FILTER_DEFAULTS})
+    if not chosen.records:
+        raise ExportError("nothing to export" + (" (see --include-unknown, --only-confirmed, --min-confidence)"
+                                                if labels.records else ""))
+    return chosen, settings
 
 
 # ------------------------------------------------------------------------------------------------ file formats
@@ -603,9 +703,11 @@ def _place_file(src: Path, dest: Path, link: str) -> str:
 
 
 def _copy_all(writer: _FolderWriter, jobs: list[tuple[LabelEntry, str]], link: str, cancel,
-              counts: Callable[[LabelEntry, str], None], extra: dict | None = None) -> Iterator[Progress]:
+              counts: Callable[[LabelEntry, str], None], extra: dict | None = None,
+              placed: dict[Path, str] | None = None) -> Iterator[Progress]:
     """Copy/link every (record, folder) job. The manifest lists the planned files before the first one is
-    written, so an export cut short (crash, Ctrl-C) is still replaced by the next --overwrite."""
+    written, so an export cut short (crash, Ctrl-C) is still replaced by the next --overwrite.
+    placed: filled with record path -> the relative path written."""
     planned = [(r, rel_folder, writer.plan(r.path, rel_folder)) for r, rel_folder in jobs]
     writer.files = [f"{f}/{name}" if f else name for _, f, name in planned]
     writer.write_manifest({}, complete=False, extra=extra)
@@ -619,6 +721,8 @@ def _copy_all(writer: _FolderWriter, jobs: list[tuple[LabelEntry, str]], link: s
         rel = writer.place(r.path, rel_folder, name, link)
         if rel is not None:
             writer.files.append(rel)
+            if placed is not None:
+                placed[r.path] = rel
             writer.report.written += 1
             writer.report.counts[r.label] = writer.report.counts.get(r.label, 0) + 1
             counts(r, rel_folder)
@@ -688,14 +792,134 @@ def _xml_text(name: str) -> str:
                    and ch not in "\ufffe\uffff" else "_" for ch in name)
 
 
+LOCAL_FILES_URL = "/data/local-files/?d="  # Label Studio's local files storage serves document-root-relative paths
+
+
 def labelstudio_config_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.label_config.xml")
 
 
-@register_label_format("labelstudio", "file", options=("document_root",),
-                       description="Label Studio tasks (JSON) and labeling config (XML)")
-def _write_labelstudio(labelset: LabelSet, records: list[LabelEntry], out: Path,
-                       document_root: str | os.PathLike | None = None) -> dict[Path, str]:
+def labelstudio_setup_path(out: Path) -> Path:
+    """The storage settings written beside the tasks: environment, storage path, steps."""
+    return out.with_name(f"{out.stem}.local_storage.json")
+
+
+def labelstudio_files_folder(out: Path) -> Path:
+    """Where copies of the files Label Studio could not serve in place go: beside the tasks file."""
+    return out.with_name(f"{out.stem}-files")
+
+
+def _real(path: Path) -> Path:
+    """path with its folders' symlinks resolved (the file itself kept: a linked image stays where it is named),
+    so paths compare by where they are."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+@dataclass
+class _LocalFiles:
+    document_root: Path  # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+    storage: Path  # the one local files storage: a folder below document_root holding every file the tasks name
+    folder: Path  # <stem>-files/, beside the tasks file
+    copy: list[LabelEntry]  # the records whose files go into `folder`
+
+
+def _plan_local_files(labelset: LabelSet, records: list[LabelEntry], out: Path,
+                      document_root: str | os.PathLike | None) -> _LocalFiles:
+    """Decide the document root, the storage folder and which files must be copied (see _write_labelstudio)."""
+    folder = labelstudio_files_folder(out)
+    if document_root is not None:
+        root = Path(os.path.realpath(document_root))
+        if not root.is_dir():
+            raise ExportError(f"--document-root '{document_root}' is not a folder")
+        if not out.parent.is_relative_to(root):
+            raise ExportError(
+                f"the tasks file '{out}' is not inside --document-root '{root}'. Label Studio serves files under its "
+                f"document root only, and the files outside it are copied beside the tasks file: write the tasks "
+                f"file inside '{root}', choose a document root that holds '{out.parent}', or leave --document-root "
+                f"out (then the folder above the one holding the labeled images and the tasks file is the root)")
+        candidates = [r for r in records if _real(r.path).is_relative_to(root)]
+    else:
+        root, candidates = None, records
+    # The labeled images stay where they are (there can be many); the examples join them when they lie
+    # in the same folder, else they are copied beside the tasks file.
+    folders = {_real(r.path).parent for r in candidates if r.source != "support"} | {out.parent}
+    try:
+        storage: Path | None = Path(os.path.commonpath(sorted(folders)))
+    except ValueError:  # different drives (Windows)
+        storage = None
+    if root is None:
+        if storage is None or storage.parent == storage:
+            labeled = sorted(str(f) for f in folders - {out.parent})
+            raise ExportError(
+                f"the labeled images ({', '.join(labeled[:2]) + (', ...' if len(labeled) > 2 else '') or 'none'}) "
+                f"and the tasks file's folder '{out.parent}' share no folder but the top one, and Label Studio's "
+                f"one local files storage must be a folder below its document root: write the tasks file next to "
+                f"the labeled images (on the same disk, below a common folder), or pass --document-root DIR")
+        root = storage.parent
+    elif storage == root:
+        # The storage can't be the document root itself (Label Studio refuses it): everything goes into one
+        # folder below it, by hard link where the file system allows.
+        storage = folder
+    copy = [r for r in records if not _real(r.path).is_relative_to(storage)]
+    query_root = labelset.metadata.get("query_root")
+    if copy and query_root and folder.is_relative_to(Path(os.path.realpath(query_root))):
+        raise ExportError(f"the copies of {len(copy)} file(s) would go to '{folder}', inside the labeled folder "
+                          f"'{query_root}', and be labeled as images next time: write the tasks file outside it")
+    return _LocalFiles(root, storage, folder, copy)
+
+
+@register_label_format("labelstudio", "file", options=("document_root",), suffix=".json", with_files=True,
+                       description="Label Studio tasks (JSON), labeling config (XML), local files storage settings")
+def _write_labelstudio(labelset: LabelSet, records: list[LabelEntry], out: Path, report: ExportReport, *,
+                       overwrite: bool = False, cancel=None,
+                       document_root: str | os.PathLike | None = None) -> Iterator[Progress]:
+    """Tasks that Label Studio opens through ONE local files storage, with no other step.
+
+    Label Studio serves a local file at /data/local-files/?d=<path relative to its document root>
+    (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) to a project only when one of the project's local files storages
+    holds it, and a storage must be a folder strictly below the document root. Hence:
+
+    - the storage folder: the deepest folder holding the labeled images and the tasks file's folder;
+      without document_root, the document root is the folder above it (the window's export and the CLI's
+      default); with document_root (say Label Studio's own, or a Docker volume), the tasks file must be
+      inside it, files outside it are not served in place, and when the images and the tasks file share
+      no folder below it, the storage is <stem>-files/ and every file goes there;
+    - the files outside the storage folder (typically the support examples: the project's crops or the
+      original example files) are hard-linked (copied where that is impossible) into
+      <stem>-files/<class>/ beside the tasks file, which is inside the storage folder, and the tasks point
+      there. That folder has the manifest of the folder layouts (classes.json): overwrite removes exactly the
+      files an earlier export put there;
+    - the document root and the storage path are in the report (and its notes) and in
+      <stem>.local_storage.json beside the tasks, with the steps: start Label Studio with the two
+      variables, paste <stem>.label_config.xml, add the storage (no sync needed), import <stem>.json.
+
+    A person's labels (confirmed, examples) become annotations, the rest predictions with their
+    probability as score. Nothing is written when a named file exists (without overwrite) or the
+    folders can't work; a cancelled export writes no tasks file."""
+    config_path, setup_path = labelstudio_config_path(out), labelstudio_setup_path(out)
+    _check_free([out, config_path, setup_path], overwrite)
+    plan = _plan_local_files(labelset, records, _real(Path(os.path.abspath(out))), document_root)
+    placed: dict[Path, str] = {}
+    copies = ExportReport(report.format, plan.folder)  # the copies' own tally; the report counts tasks
+    writer, folder_outputs = None, []
+    if plan.copy or plan.storage == plan.folder:
+        writer = _FolderWriter(plan.folder, report.format, overwrite, copies)
+        folders = writer.class_folders([n for n in labelset.label_names() if any(r.label == n for r in plan.copy)])
+        yield from _copy_all(writer, [(r, folders[r.label]) for r in plan.copy], "hardlink", cancel,
+                             lambda r, rel_folder: None, placed=placed)
+        folder_outputs = [plan.folder, writer.write_manifest(copies.counts, complete=not copies.cancelled)]
+    elif overwrite and (plan.folder / MANIFEST_FILE).is_file():  # an earlier export's copies, not needed now
+        _FolderWriter(plan.folder, report.format, True, copies)
+        with contextlib.suppress(OSError):
+            plan.folder.rmdir()
+    report.skipped += copies.skipped
+    report.copied_instead = copies.copied_instead
+    report.document_root, report.storage_path = plan.document_root, plan.storage
+    if copies.cancelled:
+        report.cancelled = True
+        report.outputs += folder_outputs
+        return
+
     names = [n for n in labelset.label_names() if any(r.label == n for r in records)]
     choice: dict[str, str] = {}
     taken: set[str] = set()
@@ -705,18 +929,16 @@ def _write_labelstudio(labelset: LabelSet, records: list[LabelEntry], out: Path,
             text += "_"
         taken.add(text)
         choice[n] = text
-    root = Path(os.path.abspath(document_root)) if document_root is not None else None
     tasks = []
+    not_in_place = {r.path for r in plan.copy}
     for r in records:
-        if root is not None:
-            try:
-                rel = r.path.relative_to(root)
-            except ValueError:
-                raise ExportError(f"'{r.path}' is not under --document-root '{root}'; Label Studio serves local "
-                                  f"files from that folder only") from None
-            image = "/data/local-files/?d=" + quote(rel.as_posix(), safe="/")
+        if r.path in placed:
+            where = plan.folder / placed[r.path]
+        elif r.path in not_in_place:
+            continue  # could not be copied: skipped in the report
         else:
-            image = r.path.as_uri()
+            where = _real(r.path)
+        image = LOCAL_FILES_URL + quote(where.relative_to(plan.document_root).as_posix(), safe="/")
         result = [{"from_name": "label", "to_name": "image", "type": "choices",
                    "value": {"choices": [choice[r.label]]}}]
         task: dict = {"data": {"image": image}}
@@ -725,12 +947,38 @@ def _write_labelstudio(labelset: LabelSet, records: list[LabelEntry], out: Path,
         else:
             task["predictions"] = [{"model_version": "protolabel", "score": _conf(r.confidence), "result": result}]
         tasks.append(task)
+        report.written += 1
+        report.counts[r.label] = report.counts.get(r.label, 0) + 1
     config = ['<View>', '  <Image name="image" value="$image"/>',
               '  <Choices name="label" toName="image" choice="single" showInline="true">']
     config += [f"    <Choice value={quoteattr(choice[n])}/>" for n in names]
     config += ["  </Choices>", "</View>"]
-    return {out: json.dumps(tasks, indent=1, ensure_ascii=False) + "\n",
-            labelstudio_config_path(out): "\n".join(config) + "\n"}
+
+    notes = []
+    if writer is not None and writer.files:
+        notes.append(f"{len(writer.files)} file(s) that Label Studio's storage folder doesn't hold where they are "
+                     f"hard-linked into '{plan.folder}'" + (f" ({copies.copied_instead} copied: no hard link possible)"
+                                                            if copies.copied_instead else ""))
+    steps = [f"start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+             f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={plan.document_root}",
+             f"in the project's Settings > Labeling Interface > Code, paste {config_path.name}",
+             f"in Settings > Cloud Storage, add one Local files source storage with the absolute local path "
+             f"{plan.storage} (no need to sync it: the tasks name their images)",
+             f"import {out.name}"]
+    notes += [f"Label Studio: {step}" for step in steps]
+    setup = {"format": "protolabel-labelstudio-setup", "version": 1, "tasks": os.path.abspath(out),
+             "label_config": os.path.abspath(config_path),
+             "environment": {"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+                             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(plan.document_root)},
+             "local_storage": {"path": str(plan.storage),
+                               "path_in_document_root": plan.storage.relative_to(plan.document_root).as_posix()},
+             "copies": None if writer is None else {"folder": str(plan.folder), "files": len(writer.files)},
+             "steps": steps}
+    _write_texts({out: json.dumps(tasks, indent=1, ensure_ascii=False) + "\n",
+                  config_path: "\n".join(config) + "\n",
+                  setup_path: json.dumps(setup, indent=1, ensure_ascii=False) + "\n"}, report)
+    report.outputs += folder_outputs
+    report.notes = notes + [f"Label Studio settings: {setup_path}"]
 
 
 LABEL_FORMATS = tuple(_FORMATS)  # in registration order

@@ -34,6 +34,7 @@ __all__ = [
     "StoredLabel",
     "atomic_write_text",
     "class_color",
+    "forget_labels",
     "load_project",
     "open_embedding_cache",
     "has_backup",
@@ -137,6 +138,10 @@ class LabelStore:
                 "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(x.path, x.label, x.confidence, x.similarity, x.source, json.dumps(x.topk), now) for x in labels],
             )
+
+    def delete_many(self, paths: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM labels WHERE path = ?", [(p,) for p in paths])
 
     def all(self) -> list[StoredLabel]:
         rows = self.db.execute("SELECT path, label, confidence, similarity, source, topk FROM labels ORDER BY path")
@@ -257,6 +262,18 @@ def store_labels(
             StoredLabel(_relative(p, root), pred.label, pred.probability, pred.similarity, source, pred.topk)
             for p, pred, source in labels
         )
+    finally:
+        store.close()
+
+
+def forget_labels(folder: str | os.PathLike, paths: Sequence[str], query_root: str | os.PathLike | None) -> None:
+    """Remove these files' labels from the project's labels.sqlite (a label taken back that left nothing to show)."""
+    if not paths or not (Path(folder) / LABELS_FILE).exists():
+        return
+    root = str(Path(query_root).resolve()) if query_root is not None else None
+    store = LabelStore(Path(folder) / LABELS_FILE)
+    try:
+        store.delete_many(_relative(p, root) for p in paths)
     finally:
         store.close()
 

@@ -290,6 +290,22 @@ class LabelingSession:
             self._label_version += 1
         return took
 
+    def set_confirmed(self, labels: dict[str, str | None]) -> list[str]:
+        """Put the person's labels back as they were (an undo or redo): path -> label, or None for "not
+        confirmed". Paths outside the folder are ignored; no class is created. -> the paths changed."""
+        took = []
+        for p, label in labels.items():
+            if p not in self.row or self.confirmed.get(p) == label:
+                continue
+            if label is None:
+                del self.confirmed[p]
+            else:
+                self.confirmed[p] = label
+            took.append(p)
+        if took:
+            self._label_version += 1
+        return took
+
     def rename_class(self, old: str, new: str) -> None:
         self.confirmed = {p: (new if c == old else c) for p, c in self.confirmed.items()}
         self._label_version += 1

@@ -330,17 +330,67 @@ def test_yolo_keeps_a_single_image_class_in_train(tmp_path):
     assert report.splits == {"train": {"one": 1, "two": 1}, "val": {"two": 1}}
 
 
+LS_URL = "/data/local-files/?d="
+
+
+def add_examples(project: Path, examples: list[tuple[str, str, str]]) -> None:
+    """The classifier file's example list (id, class, source) as the app writes it, without a model; an
+    example whose source isn't a file reads as the project's own copy, support/<id>.png."""
+    import torch
+    from safetensors.torch import save_file
+
+    doc = {"examples": [{"id": i, "class": c, "source": s} for i, c, s in examples]}
+    save_file({"x": torch.zeros(1)}, str(project / "classifier.safetensors"), metadata={"protolabel": json.dumps(doc)})
+
+
+@pytest.fixture
+def studio(tmp_path) -> dict:
+    """A project whose labeled folder is root/data/photos and whose examples lie outside root: two example
+    files in tmp/examples, one camera example saved in the project (tmp/proj/support)."""
+    rows = [("a/cat_0.png", "cat", 0.9, "predicted"), ("a/cat_1.png", "cat", 0.6, "confirmed"),
+            ("b/dog 0.png", "dog", 0.8, "predicted"), ("b/dog#1.png", "dog", 0.7, "predicted")]
+    root = tmp_path / "root"
+    query = root / "data" / "photos"
+    project = make_project(tmp_path / "proj", query, ["cat", "dog"], rows)
+    examples = tmp_path / "examples"
+    for cls in ("cat", "dog"):
+        (examples / cls).mkdir(parents=True)
+        (examples / cls / "0.png").write_bytes(f"example {cls}".encode())  # the same name in both classes
+    (project / "support").mkdir()
+    (project / "support" / "cam1.png").write_bytes(b"example camera dog")
+    add_examples(project, [("e1", "cat", str(examples / "cat" / "0.png")), ("e2", "dog", str(examples / "dog" / "0.png")),
+                           ("cam1", "dog", "camera:0")])
+    return {"project": project, "root": root, "query": query, "examples": examples, "tmp": tmp_path}
+
+
+def served(url: str, report: ExportReport) -> Path:
+    """The file Label Studio serves for a task's image URL with the report's document root and storage: its
+    rule is that the folder of <root>/<d> lies in the storage folder, which lies strictly below the root."""
+    from urllib.parse import unquote
+
+    assert url.startswith(LS_URL)
+    root, storage = report.document_root, report.storage_path
+    assert root in storage.parents and storage.is_dir()
+    path = Path(os.path.normpath(root / unquote(url[len(LS_URL):])))
+    assert path.parent == storage or storage in path.parent.parents, f"{path} is not in the storage {storage}"
+    assert path.is_file()
+    return path
+
+
 def test_labelstudio_tasks_and_config(small, tmp_path):
     labels = read_labels(small["project"]).filtered(include_unknown=True)
     out = tmp_path / "ls" / "tasks.json"
     report = export_labels(labels, "labelstudio", out)
     config_path = tmp_path / "ls" / "tasks.label_config.xml"
-    assert report.outputs == [out, config_path]
+    assert report.outputs == [out, config_path, tmp_path / "ls" / "tasks.local_storage.json"]
+    # No examples: nothing copied; the storage is the folder holding the images and the tasks, the root above it
+    assert (report.storage_path, report.document_root) == (tmp_path.resolve(), tmp_path.resolve().parent)
+    assert not (tmp_path / "ls" / "tasks-files").exists()
     tasks = json.loads(out.read_text(encoding="utf-8"))
-    assert isinstance(tasks, list) and len(tasks) == len(labels.records)
+    assert isinstance(tasks, list) and len(tasks) == len(labels.records) == report.written
     by_image = {t["data"]["image"]: t for t in tasks}
     for r in labels.records:
-        task = by_image[r.path.as_uri()]
+        task = by_image[f"{LS_URL}{tmp_path.name}/photos/{r.path.relative_to(small['query'].resolve()).as_posix()}"]
         key = "annotations" if r.source in ("confirmed", "support") else "predictions"
         assert set(task) == {"data", key}
         [entry] = task[key]
@@ -348,6 +398,7 @@ def test_labelstudio_tasks_and_config(small, tmp_path):
                                     "value": {"choices": [r.label]}}]
         if key == "predictions":
             assert entry["model_version"] == "protolabel" and entry["score"] == pytest.approx(r.confidence)
+        assert served(task["data"]["image"], report) == r.path
     view = ET.parse(config_path).getroot()
     assert view.tag == "View"
     image, choices = list(view)
@@ -356,15 +407,185 @@ def test_labelstudio_tasks_and_config(small, tmp_path):
     assert [c.get("value") for c in choices] == ["dog", "cat", "bird", UNKNOWN_LABEL]
 
 
-def test_labelstudio_local_files_urls(small, tmp_path):
+def test_labelstudio_places_files_outside_the_storage_beside_the_tasks(studio):
+    """The default: the labeled images stay, the examples (elsewhere) are hard-linked into tasks-files/<class>/,
+    one storage serves both, and the report, its notes and tasks.local_storage.json say which root and storage."""
+    labels = read_labels(studio["project"]).filtered()
+    out = studio["root"] / "data" / "ls" / "tasks.json"
+    report = export_labels(labels, "labelstudio", out)
+    data = (studio["root"] / "data").resolve()
+    assert (report.document_root, report.storage_path) == (data.parent, data)
+    files = out.parent / "tasks-files"
+    assert report.outputs == [out, out.parent / "tasks.label_config.xml", out.parent / "tasks.local_storage.json",
+                              files, files / MANIFEST_FILE]
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    assert len(tasks) == report.written == len(labels.records) == 7
+    got = {}
+    for t in tasks:
+        path = served(t["data"]["image"], report)
+        kind = "predictions" if "predictions" in t else "annotations"
+        got[path.read_bytes().decode()] = (t[kind][0]["result"][0]["value"]["choices"][0], kind)
+    assert got == {"image a/cat_0.png cat": ("cat", "predictions"), "image a/cat_1.png cat": ("cat", "annotations"),
+                   "image b/dog 0.png dog": ("dog", "predictions"), "image b/dog#1.png dog": ("dog", "predictions"),
+                   "example cat": ("cat", "annotations"), "example dog": ("dog", "annotations"),
+                   "example camera dog": ("dog", "annotations")}
+    images = {t["data"]["image"] for t in tasks}
+    assert f"{LS_URL}data/photos/b/dog%200.png" in images and f"{LS_URL}data/photos/b/dog%231.png" in images
+    assert {i for i in images if "/ls/" in i} == {f"{LS_URL}data/ls/tasks-files/cat/0.png",
+                                                  f"{LS_URL}data/ls/tasks-files/dog/0.png",
+                                                  f"{LS_URL}data/ls/tasks-files/dog/cam1.png"}
+    assert (files / "cat" / "0.png").stat().st_nlink == 2  # hard links: no second copy of the examples
+    assert sorted(json.loads((files / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]) == [
+        "cat/0.png", "dog/0.png", "dog/cam1.png"]
+    setup = json.loads((out.parent / "tasks.local_storage.json").read_text(encoding="utf-8"))
+    assert setup["environment"] == {"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+                                    "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data.parent)}
+    assert setup["local_storage"] == {"path": str(data), "path_in_document_root": "data"}
+    assert setup["copies"] == {"folder": str(files), "files": 3} and setup["tasks"] == str(out)
+    notes = "\n".join(report.notes)
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={data.parent}" in notes
+    assert f"Local files source storage with the absolute local path {data} " in notes
+    assert "3 file(s)" in notes and str(files) in notes
+    assert report.to_dict()["storage_path"] == str(data)
+
+
+def test_labelstudio_document_root_given(studio):
+    """Files outside the given root are placed under it; the labeled images under it stay where they are."""
+    labels = read_labels(studio["project"]).filtered()
+    out = studio["root"] / "data" / "ls" / "tasks.json"
+    report = export_labels(labels, "labelstudio", out, document_root=studio["root"])
+    assert (report.document_root, report.storage_path) == (studio["root"].resolve(), (studio["root"] / "data").resolve())
+    images = [t["data"]["image"] for t in json.loads(out.read_text(encoding="utf-8"))]
+    assert all(served(i, report).is_relative_to(studio["root"].resolve()) for i in images)
+    assert sum(i.startswith(f"{LS_URL}data/photos/") for i in images) == 4
+    assert sum(i.startswith(f"{LS_URL}data/ls/tasks-files/") for i in images) == 3
+
+
+def test_labelstudio_storage_below_a_root_that_holds_everything_side_by_side(studio):
+    """Root = the labeled folder's parent and the tasks beside the labeled folder: the only folder below the
+    root holding both would be the root itself, which Label Studio refuses as a storage. So every file is
+    linked into tasks-files/, which becomes the storage."""
+    labels = read_labels(studio["project"]).filtered()
+    data = studio["root"] / "data"
+    out = data / "tasks.json"
+    report = export_labels(labels, "labelstudio", out, document_root=data)
+    assert (report.document_root, report.storage_path) == (data.resolve(), (data / "tasks-files").resolve())
+    images = [t["data"]["image"] for t in json.loads(out.read_text(encoding="utf-8"))]
+    assert len(images) == 7 and all(i.startswith(f"{LS_URL}tasks-files/") for i in images)
+    assert sorted(served(i, report).read_bytes() for i in images) == sorted(
+        [r.path.read_bytes() for r in labels.records])
+
+
+def test_labelstudio_root_must_hold_the_tasks_file(studio, tmp_path):
+    labels = read_labels(studio["project"]).filtered()
+    out = tmp_path / "elsewhere" / "tasks.json"
+    with pytest.raises(ExportError, match="is not inside --document-root .*write the tasks file inside"):
+        export_labels(labels, "labelstudio", out, document_root=studio["root"])
+    with pytest.raises(ExportError, match="is not a folder"):
+        export_labels(labels, "labelstudio", out, document_root=studio["root"] / "nope")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_labelstudio_refuses_copies_into_the_labeled_folder(studio):
+    labels = read_labels(studio["project"]).filtered()
+    out = studio["query"] / "tasks.json"
+    with pytest.raises(ExportError, match="inside the labeled folder"):
+        export_labels(labels, "labelstudio", out)
+    assert sorted(p.name for p in studio["query"].iterdir()) == ["a", "b"]
+
+
+def test_labelstudio_needs_a_folder_below_the_top_one(small):
     labels = read_labels(small["project"]).filtered()
-    out = tmp_path / "tasks.json"
-    export_labels(labels, "labelstudio", out, document_root=small["tmp"])
-    images = {t["data"]["image"] for t in json.loads(out.read_text(encoding="utf-8"))}
-    assert "/data/local-files/?d=photos/a/cat_0.png" in images
-    assert all(i.startswith("/data/local-files/?d=photos/") for i in images)
-    with pytest.raises(ExportError, match="not under --document-root"):
-        export_labels(labels, "labelstudio", tmp_path / "t2.json", document_root=small["tmp"] / "elsewhere")
+    out = Path("/protolabel-no-such-folder/tasks.json")  # shares only "/" with the labeled images
+    with pytest.raises(ExportError, match="share no folder but the top one"):
+        export_labels(labels, "labelstudio", out)
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize("name, written", [("tasks", "tasks.json"), ("tasks.txt", "tasks.txt.json"),
+                                           ("Tasks.JSON", "Tasks.JSON")])
+def test_labelstudio_tasks_file_ends_in_json(small, tmp_path, name, written):
+    report = export_labels(read_labels(small["project"]).filtered(), "labelstudio", tmp_path / name)
+    stem = written[:-len(".json")]
+    assert report.out == tmp_path / written
+    assert report.outputs == [tmp_path / written, tmp_path / f"{stem}.label_config.xml",
+                              tmp_path / f"{stem}.local_storage.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(p.name for p in report.outputs)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ExportError, match="is a folder"):
+        export_labels(read_labels(small["project"]).filtered(), "labelstudio", tmp_path / "folder")
+
+
+def test_labelstudio_overwrite_replaces_only_what_it_wrote(studio):
+    labels = read_labels(studio["project"]).filtered()
+    out = studio["root"] / "data" / "ls" / "tasks.json"
+    files = out.parent / "tasks-files"
+    export_labels(labels, "labelstudio", out)
+    (files / "dog" / "mine.png").write_bytes(b"a user's file")
+    before = out.read_bytes()
+    with pytest.raises(ExportError, match="exists; pass --overwrite"):
+        export_labels(labels, "labelstudio", out)
+    for name in ("tasks.json", "tasks.label_config.xml", "tasks.local_storage.json"):
+        (out.parent / name).unlink()  # the tasks gone, their copies still there: still refused
+    with pytest.raises(ExportError, match="not empty; .*--overwrite"):
+        export_labels(labels, "labelstudio", out)
+    assert not out.exists() and len(files_under(files)) == 5
+    export_labels(labels, "labelstudio", out, overwrite=True)
+    assert out.read_bytes() == before
+    assert sorted(p.relative_to(files).as_posix() for p in files_under(files)) == [
+        "cat/0.png", MANIFEST_FILE, "dog/0.png", "dog/cam1.png", "dog/mine.png"]
+    # Without the examples nothing needs copying: overwrite removes the earlier copies, keeps the user's file.
+    from dataclasses import replace
+
+    report = export_labels(replace(labels, records=[r for r in labels.records if r.source != "support"]),
+                           "labelstudio", out, overwrite=True)
+    assert report.written == 4 and files_under(files) == [files / "dog" / "mine.png"]
+    (files / "dog" / "mine.png").unlink()
+    export_labels(labels, "labelstudio", out, overwrite=True)
+    export_labels(replace(labels, records=[r for r in labels.records if r.source != "support"]),
+                  "labelstudio", out, overwrite=True)
+    assert not files.exists()
+
+
+def test_labelstudio_copies_when_hard_links_are_impossible(studio, monkeypatch):
+    import errno
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    out = studio["root"] / "data" / "ls" / "tasks.json"
+    report = export_labels(read_labels(studio["project"]).filtered(), "labelstudio", out)
+    assert report.copied_instead == 3 and "(3 copied: no hard link possible)" in report.notes[0]
+    assert all(p.stat().st_nlink == 1 for p in files_under(out.parent / "tasks-files"))
+
+
+def test_labelstudio_cancelled_writes_no_tasks(studio):
+    class Token:
+        cancelled = False
+
+    token = Token()
+    out = studio["root"] / "data" / "ls" / "tasks.json"
+    report = finish(iter_export(read_labels(studio["project"]).filtered(), "labelstudio", out, cancel=token),
+                    lambda progress: setattr(token, "cancelled", True))
+    assert report.cancelled and report.written == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tasks-files"]
+
+
+def test_cli_export_labelstudio(studio):
+    out = studio["root"] / "data" / "ls" / "tasks"
+    code, err = run_main("export", "labels", studio["project"], "--format", "labelstudio", "--out", out,
+                         "--document-root", studio["root"])
+    assert code == 0, err
+    written = out.with_name("tasks.json")
+    assert f"exported 7 labels as labelstudio -> {written}" in err
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={studio['root'].resolve()}" in err
+    assert f"absolute local path {(studio['root'] / 'data').resolve()}" in err
+    assert f"Label Studio settings: {out.with_name('tasks.local_storage.json')}" in err
+    assert len(json.loads(written.read_text(encoding="utf-8"))) == 7
+    code, err = run_main("export", "labels", studio["project"], "--format", "labelstudio", "--out", out,
+                         "--link", "copy")
+    assert code == 2 and "--link does not apply to --format labelstudio" in err
 
 
 def test_labelstudio_class_names_xml_can_not_carry(tmp_path):
