@@ -21,6 +21,7 @@ from PySide6.QtCore import QObject, Signal
 
 from core import (
     CancelToken,
+    ClassifierCheckpoint,
     Embedder,
     FewShotClassifier,
     Frame,
@@ -35,6 +36,7 @@ from core import (
     crop,
     default_model_file,
     export_model,
+    forget_labels,
     iter_export,
     list_images,
     load_for_model,
@@ -114,6 +116,21 @@ class _Job:
     fn: Callable[..., object]
     args: tuple
     cancel: CancelToken | None = None
+    undo: str | None = None  # what Edit > Undo calls the change ("Remove class 'cat'"); None: not undoable
+
+
+@dataclass(frozen=True)
+class Change:
+    """One undoable change of classes, examples and labels, as the engine thread saw it (opaque to widgets).
+
+    The classifier's side is two checkpoints (examples are shared, not copied); the folder's labels are only
+    the paths that changed, path -> (before, after), None meaning not confirmed."""
+
+    text: str
+    before: ClassifierCheckpoint
+    after: ClassifierCheckpoint
+    root: str | None
+    labels: dict[str, tuple[str | None, str | None]]
 
 
 def _project_model(folder: Path) -> str | None:
@@ -164,6 +181,9 @@ class Engine(QObject):
     projectChanged = Signal(str, bool)  # project folder, is it the unsaved workspace
     saved = Signal(str)  # project folder after an (auto)save
     backupOffered = Signal(str, str)  # project folder, what is damaged: it has a backup to restore
+    projectSource = Signal(object)  # an opened project's last live source: {"kind": "camera"|"video", ...}
+    changeDone = Signal(object)  # Change: an undoable change happened (Edit > Undo)
+    historyCleared = Signal()  # another project or model: earlier changes can't be undone any more
 
     def __init__(self, make_embedder: Callable[[], Embedder], frames: LatestFrame, workspace: str | Path,
                  parent: QObject | None = None) -> None:
@@ -230,9 +250,10 @@ class Engine(QObject):
                 if queued.cancel is not None and (name is None or queued.name == name):
                     queued.cancel.cancel()
 
-    def _submit(self, name: str, fn: Callable[..., object], *args: object, cancellable: bool = False) -> None:
+    def _submit(self, name: str, fn: Callable[..., object], *args: object, cancellable: bool = False,
+                undo: str | None = None) -> None:
         with self._cond:
-            self._jobs.append(_Job(name, fn, args, CancelToken() if cancellable else None))
+            self._jobs.append(_Job(name, fn, args, CancelToken() if cancellable else None, undo))
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -267,6 +288,8 @@ class Engine(QObject):
     def _run_job(self, job: _Job) -> None:
         self.jobStarted.emit(job.name)
         summary = ""
+        classifier = self.classifier
+        before = self._undo_state() if job.undo else None
         try:
             if job.cancel is not None and job.cancel.cancelled:
                 summary = f"{job.name}: cancelled"
@@ -278,10 +301,53 @@ class Engine(QObject):
         except Exception as exc:  # a bug: report it, keep the app alive
             log.error("%s failed:\n%s", job.name, traceback.format_exc())
             self.message.emit("error", f"{job.name} failed: {type(exc).__name__}: {exc}")
+        if self.classifier is not classifier:
+            self.historyCleared.emit()
+        elif before is not None:
+            self._record_change(job.undo, before)
         self._after_change()
         if job.cancel is not None:  # a long job (folder, fine-tuning, import): give its kept memory back
             release_memory()
         self.jobFinished.emit(job.name, str(summary))
+
+    # ------------------------------------------------------------------ undo / redo
+    def _undo_state(self) -> tuple[ClassifierCheckpoint, str | None, dict[str, str]]:
+        f = self.session
+        return self.classifier.checkpoint(), f.root if f else None, dict(f.confirmed) if f else {}
+
+    def _record_change(self, text: str, before: tuple[ClassifierCheckpoint, str | None, dict[str, str]]) -> None:
+        ckpt, root, confirmed = before
+        after, now_root, now_confirmed = self._undo_state()
+        if now_root != root:  # another folder was opened meanwhile: its labels are not this change's
+            confirmed, root = now_confirmed, now_root
+        labels = {p: (confirmed.get(p), now_confirmed.get(p))
+                  for p in confirmed.keys() | now_confirmed.keys() if confirmed.get(p) != now_confirmed.get(p)}
+        if after.generation != ckpt.generation or labels:
+            self.changeDone.emit(Change(text, ckpt, after, root, labels))
+
+    def undo(self, change: Change) -> None:
+        self._submit("undo", self._apply_change, change, False)
+
+    def redo(self, change: Change) -> None:
+        self._submit("redo", self._apply_change, change, True)
+
+    def _apply_change(self, change: Change, forward: bool) -> str:
+        """Undo (forward False) or redo a Change, and save at once: an undone change is undone on disk too."""
+        self.classifier.restore(change.after if forward else change.before)
+        f = self.session
+        if f is not None and f.root == change.root and change.labels:
+            took = f.set_confirmed({p: (new if forward else old) for p, (old, new) in change.labels.items()})
+            self._refresh_folder()
+            self._store_labels_of(took)
+        self._flush()
+        return f"{'redone' if forward else 'undone'}: {change.text}"
+
+    def _store_labels_of(self, paths: Sequence[str]) -> None:
+        """labels.sqlite row of each path as the session shows it now: confirmed, predicted, or none."""
+        f = self.session
+        shown = {r.path: r for r in f.records() if r.path in set(paths)}
+        store_labels(self.project_folder, [(r.path, r.prediction, r.source) for r in shown.values()], f.root)
+        forget_labels(self.project_folder, [p for p in paths if p not in shown], f.root)
 
     # ------------------------------------------------------------------ idle work
     def _idle_work_pending(self) -> bool:
@@ -353,7 +419,7 @@ class Engine(QObject):
 
     # ------------------------------------------------------------------ intents: classes and examples
     def add_class(self, name: str) -> None:
-        self._submit("add class", self._add_class, name)
+        self._submit("add class", self._add_class, name, undo=f"Add class '{name.strip()}'")
 
     def _add_class(self, name: str) -> str:
         name = name.strip()
@@ -365,7 +431,7 @@ class Engine(QObject):
         return ""
 
     def rename_class(self, old: str, new: str) -> None:
-        self._submit("rename class", self._rename_class, old, new)
+        self._submit("rename class", self._rename_class, old, new, undo=f"Rename class '{old}' to '{new.strip()}'")
 
     def _rename_class(self, old: str, new: str) -> str:
         self.classifier.rename_class(old, new.strip())
@@ -375,17 +441,21 @@ class Engine(QObject):
         return ""
 
     def remove_class(self, name: str) -> None:
-        self._submit("remove class", self._remove_class, name)
+        self._submit("remove class", self._remove_class, name, undo=f"Remove class '{name}'")
 
     def _remove_class(self, name: str) -> str:
         self.classifier.remove_class(name)
-        if self.session is not None:
-            self.session.remove_class(name)
-        return f"class '{name}' removed"
+        f = self.session
+        if f is not None:
+            gone = [p for p, c in f.confirmed.items() if c == name]
+            f.remove_class(name)
+            self._refresh_folder()
+            self._store_labels_of(gone)  # no stale "confirmed" row may bring the class back on reopening
+        return f"class '{name}' removed (Edit > Undo brings it back)"
 
     def capture(self, class_name: str, frame: Frame, roi: tuple[int, int, int, int] | None = None) -> None:
         """Add a frame (or the part inside roi = (x0, y0, x1, y1)) to a class, creating the class if new."""
-        self._submit("capture", self._capture, class_name, frame, roi)
+        self._submit("capture", self._capture, class_name, frame, roi, undo=f"Add an example to '{class_name}'")
 
     def _capture(self, class_name: str, frame: Frame, roi: tuple[int, int, int, int] | None) -> str:
         if class_name not in self.classifier.classes:
@@ -396,7 +466,7 @@ class Engine(QObject):
         return ""
 
     def remove_example(self, example_id: str) -> None:
-        self._submit("remove example", self._remove_example, example_id)
+        self._submit("remove example", self._remove_example, example_id, undo="Remove an example")
 
     def _remove_example(self, example_id: str) -> str:
         if example_id in self.classifier.examples:
@@ -404,12 +474,14 @@ class Engine(QObject):
         return ""
 
     def move_example(self, example_id: str, class_name: str) -> None:
-        self._submit("move example", lambda: self.classifier.move_example(example_id, class_name) and "")
+        self._submit("move example", lambda: self.classifier.move_example(example_id, class_name) and "",
+                     undo=f"Move an example to '{class_name}'")
 
     def add_files(self, class_name: str, paths: Sequence[str]) -> None:
         """Image files and folders dropped on a class. With no class: a folder of class folders is imported
         as a tree, any other folder becomes a class named after it."""
-        self._submit("add images", self._add_files, class_name, list(paths), cancellable=True)
+        self._submit("add images", self._add_files, class_name, list(paths), cancellable=True,
+                     undo=f"Add images to '{class_name}'" if class_name else "Add images")
 
     def _add_files(self, class_name: str, paths: list[str], cancel: CancelToken) -> str:
         groups: dict[str, list[str]] = {}
@@ -453,7 +525,7 @@ class Engine(QObject):
 
     def import_tree(self, root: str) -> None:
         """A folder with one sub-folder per class -> classes and their examples."""
-        self._submit("import classes", self._import_tree, root, cancellable=True)
+        self._submit("import classes", self._import_tree, root, cancellable=True, undo="Import classes")
 
     def _import_tree(self, root: str, cancel: CancelToken) -> str:
         result = finish(add_support_tree(self.classifier, root, cancel),
@@ -477,23 +549,43 @@ class Engine(QObject):
 
     def _store_roi(self, roi: tuple[int, int, int, int] | None) -> str:
         self.settings["roi"] = list(roi) if roi else None
+        self._mark_dirty()
+        return ""
+
+    def remember_source(self, source: dict | None) -> None:
+        """The live source now in use ({"kind": "camera", "device": 0, "resolution": [w, h] | None} or
+        {"kind": "video", "path": ...}), saved with the project so that it reopens with it."""
+        self._submit("remember source", self._remember_source, source)
+
+    def _remember_source(self, source: dict | None) -> str:
+        if self.settings.get("source") != source:
+            self.settings["source"] = source
+            self._mark_dirty()
         return ""
 
     # ------------------------------------------------------------------ intents: the model
     def set_model(self, path: str | None) -> None:
         """Use another model file (None: the default model); the examples are embedded again with it."""
-        self._submit("change model", self._set_model, path, cancellable=True)
+        self._submit("change model", self._set_model, path, None, cancellable=True)
 
-    def _new_embedder(self, path: str | None) -> Embedder:
+    def set_runtime(self, runtime: str) -> None:
+        """How the trunk runs on the CPU (core.runtime: auto, onnxruntime, int8, torch); examples are embedded
+        again with it."""
+        self._submit("change model", self._set_model, self.settings.get("model") or None, runtime, cancellable=True)
+
+    def _new_embedder(self, path: str | None, runtime: str | None = None) -> Embedder:
         backbone = load_model_file(path) if path else create_default_backbone()
         embedder = Embedder(backbone, self.embedder.device, batch_size=self.embedder.batch_size,
-                            runtime=self.embedder.runtime)
+                            runtime=runtime or self.embedder.runtime)
         embedder.on_message = self.embedder.on_message
         _warm_up(embedder)
         return embedder
 
-    def _set_model(self, path: str | None, cancel: CancelToken) -> str:
-        embedder = self._new_embedder(path)  # ModelFileError (a ValueError) -> message; nothing changes
+    def _set_model(self, path: str | None, runtime: str | None, cancel: CancelToken) -> str:
+        try:
+            embedder = self._new_embedder(path, runtime)
+        except ValueError as exc:  # ModelFileError: say what happens now, not only what failed
+            raise ValueError(f"{exc}. Still using {self.model_description()}.") from exc
         old = self.classifier
         new = FewShotClassifier(embedder, method=old.method_name, unknown=old.unknown, topk=old.topk)
         for name in old.classes:
@@ -519,7 +611,9 @@ class Engine(QObject):
         name = Path(path).name if path else "ImageNet-pretrained"
         text = f"{self.embedder.backbone.name} ({name}) on {self.embedder.device.type.upper()}"
         if self.embedder.device.type == "cpu":
-            text += " · ONNX Runtime" if "ONNX Runtime" in self.embedder.runtime_note else " · PyTorch"
+            note = self.embedder.runtime_note
+            text += (" · PyTorch" if "ONNX Runtime" not in note else
+                     " · ONNX Runtime int8" if "-int8.onnx" in note else " · ONNX Runtime")
         return text
 
     # ------------------------------------------------------------------ intents: fine-tuning
@@ -644,7 +738,8 @@ class Engine(QObject):
     def assign(self, paths: Sequence[str], class_name: str) -> None:
         """The human says these folder images are `class_name`: the folder model learns from it at once, and a
         label that differs from the model's also becomes a support example (the live view learns too)."""
-        self._submit("correct", self._assign, list(paths), class_name)
+        self._submit("correct", self._assign, list(paths), class_name,
+                     undo=f"Label {len(paths)} image(s) '{class_name}'")
 
     def _assign(self, paths: list[str], class_name: str) -> str:
         f = self.session
@@ -672,7 +767,7 @@ class Engine(QObject):
 
     def reject(self, paths: Sequence[str]) -> None:
         """"None of these classes": these images are confirmed unknown and teach the unknown decision."""
-        self._submit("correct", self._reject, list(paths))
+        self._submit("correct", self._reject, list(paths), undo=f"Mark {len(paths)} image(s) 'none of these'")
 
     def _reject(self, paths: list[str]) -> str:
         f = self.session
@@ -687,7 +782,7 @@ class Engine(QObject):
         return f"{len(took)} image(s) marked 'none of these classes'"
 
     def accept(self, paths: Sequence[str]) -> None:
-        self._submit("accept", self._accept, list(paths))
+        self._submit("accept", self._accept, list(paths), undo=f"Accept {len(paths)} label(s)")
 
     def _accept(self, paths: list[str]) -> str:
         f = self.session
@@ -700,7 +795,7 @@ class Engine(QObject):
         return f"{len(took)} label(s) accepted" + (f"; {left} already confirmed or not labeled yet left as they are" if left else "")
 
     def accept_above(self, threshold: float) -> None:
-        self._submit("accept", self._accept_above, threshold)
+        self._submit("accept", self._accept_above, threshold, undo=f"Accept labels above {threshold:.2f}")
 
     def _accept_above(self, threshold: float) -> str:
         f = self.session
@@ -764,10 +859,12 @@ class Engine(QObject):
         write_labels_csv(records, path)
         return f"{len(records)} label(s) exported to {path}"
 
-    def export_labels(self, fmt: str, out: str, overwrite: bool = False) -> None:
+    def export_labels(self, fmt: str, out: str, **settings: object) -> None:
         """The project's labels (the folder's, confirmed and predicted, and the examples) in one of
-        core.export's formats; "unknown" is left out."""
-        self._submit("export", self._export_labels, fmt, out, overwrite, cancellable=True)
+        core.export's formats. settings: those of `protolabel export labels` (core.label_export_settings:
+        only_confirmed, min_confidence, include_unknown, overwrite and the format's options); missing ones take
+        the command line's defaults ("unknown" left out, every prediction in)."""
+        self._submit("export", self._export_labels, fmt, out, dict(settings), cancellable=True)
 
     def _flush(self) -> None:
         """Write the project and the folder's predictions now: exports read them from the project folder."""
@@ -775,14 +872,18 @@ class Engine(QObject):
         self._store_predictions()
         self._dirty_since = None
 
-    def _export_labels(self, fmt: str, out: str, overwrite: bool, cancel: CancelToken) -> str:
+    def _export_labels(self, fmt: str, out: str, settings: dict, cancel: CancelToken) -> str:
+        from core import select_labels  # the selection `protolabel export labels` makes
+
         self._flush()
-        report = finish(iter_export(read_labels(self.project_folder).filtered(), fmt, out, overwrite=overwrite,
-                                    cancel=cancel),
+        chosen, keywords = select_labels(read_labels(self.project_folder), fmt, **settings)
+        report = finish(iter_export(chosen, fmt, out, cancel=cancel, **keywords),
                         lambda p: self.progress.emit("export", p.stage, p.done, p.total))
-        text = f"{report.written} label(s) exported as {fmt} to {out}"
+        text = f"{report.written} label(s) exported as {fmt} to {report.out}"
         if report.skipped:
             text += f"; {len(report.skipped)} file(s) missing on disk skipped"
+        if report.notes and not report.cancelled:  # Label Studio: the document root and the storage to add
+            self.message.emit("info", f"{fmt} export: " + " ".join(report.notes))
         return text + (" (cancelled)" if report.cancelled else "")
 
     def export_model(self, fmt: str, out: str) -> None:
@@ -873,6 +974,9 @@ class Engine(QObject):
         elif root:
             self.message.emit("warning", f"the project's image folder '{root}' is not there any more; "
                                          "its labels are kept in the project")
+        source = self.settings.get("source")
+        if isinstance(source, dict) and source.get("kind") in ("camera", "video"):
+            self.projectSource.emit(dict(source))
         self._dirty_since = None
         return f"opened {project.name}"
 

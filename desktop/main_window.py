@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -18,7 +19,6 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QTabWidget,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -42,55 +41,37 @@ from core import (
 )
 
 from .class_panel import ClassPanel
-from .engine import Engine, LatestFrame
+from .engine import Change, Engine, LatestFrame
 from .folder_view import FolderView
 from .live_view import LiveView
+from .messages import MessageBar, MessageLog, MessagesDialog
 from .resources import app_icon
 from .state import LivePrediction, ModelSnapshot
 from .workers import CameraProbe, SourceRunner
 
 BURST_INTERVAL_MS = 200  # hold-to-capture: five frames a second
+BAR_RESULTS = {"reset fine-tuning", "undo", "redo", "remove class", "save"}  # besides LONG_JOBS' results
+RUNTIME_CHOICES = {  # core.runtime's names -> Model > CPU runtime
+    "auto": ("&Automatic", "ONNX Runtime where it works, else PyTorch"),
+    "onnxruntime": ("&ONNX Runtime", "The fastest exact path on most CPUs"),
+    "int8": ("ONNX Runtime &int8", "Quantized: about twice as fast again; probabilities differ slightly from "
+                                   "an exported model's"),
+    "torch": ("&PyTorch", "Plain PyTorch (slower on the CPU)"),
+}
+UNDO_LIMIT = 200  # changes Edit > Undo can go back (removed examples stay in memory until then)
 LONG_JOBS = {"label folder", "update folder", "fine-tune", "import classes", "add images", "open project",
              "change model", "export", "export model"}
 RESOLUTIONS = [("Camera default", None), ("640 × 480", (640, 480)), ("1280 × 720", (1280, 720)),
                ("1920 × 1080", (1920, 1080))]
 
 
-def default_embedder() -> Embedder:
-    """The embedded default model on the best device; one core left for the camera and the GUI."""
+def default_embedder(runtime: str | None = None) -> Embedder:
+    """The embedded default model on the best device; one core left for the camera and the GUI. runtime: how
+    the trunk runs on the CPU (None: PROTOLABEL_RUNTIME, else auto)."""
     from core import configure_threads, create_default_backbone
 
     configure_threads(reserve=1)
-    return Embedder(create_default_backbone(), "auto")
-
-
-class MessageBar(QFrame):
-    """A non-blocking notice above the views: errors stay until closed, other notices fade after a while."""
-
-    COLORS = {"error": "#b3261e", "warning": "#8a6d00", "info": "#2e5d8a"}
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.label = QLabel(wordWrap=True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton(text="✕", autoRaise=True)
-        close.clicked.connect(self.hide)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(10, 4, 4, 4)
-        lay.addWidget(self.label, 1)
-        lay.addWidget(close)
-        self._timer = QTimer(self, singleShot=True, timeout=self.hide)
-        self.hide()
-
-    def show_message(self, level: str, text: str) -> None:
-        self.setStyleSheet(f"MessageBar {{ background: {self.COLORS.get(level, '#2e5d8a')}; border-radius: 4px; }}"
-                           "QLabel, QToolButton { color: white; }")
-        self.label.setText(text)
-        self.show()
-        if level == "error":
-            self._timer.stop()
-        else:
-            self._timer.start(10_000)
+    return Embedder(create_default_backbone(), "auto", runtime=runtime)
 
 
 class CameraDialog(QDialog):
@@ -100,14 +81,21 @@ class CameraDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Open camera")
         self.cameras = QComboBox()
+        # as wide as the longest camera name: the dialog grows with it, never cuts it
+        self.cameras.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.cameras.addItem("Looking for cameras…", None)
         self.cameras.setEnabled(False)
+        self.note = QLabel("Plug a camera in and open this dialog again,\nor type a stream address below.")
+        self.note.hide()
         self.url = QLineEdit(placeholderText="rtsp://… or http://… (optional)")
+        self.url.setMinimumWidth(self.url.fontMetrics().horizontalAdvance(self.url.placeholderText()) + 16)
         self.resolution = QComboBox()
         for text, size in RESOLUTIONS:
             self.resolution.addItem(text, size)
         form = QFormLayout(self)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Camera", self.cameras)
+        form.addRow("", self.note)
         form.addRow("or stream", self.url)
         form.addRow("Resolution", self.resolution)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -124,7 +112,8 @@ class CameraDialog(QDialog):
             size = f" ({cam.width}×{cam.height})" if cam.width else ""
             self.cameras.addItem(f"{cam.index}: {cam.name}{size}", cam.index)
         if not cameras:
-            self.cameras.addItem("No camera found (plug one in, or type a stream address)", None)
+            self.cameras.addItem("No camera found", None)
+        self.note.setVisible(not cameras)
         self.cameras.setEnabled(bool(cameras))
 
     def choice(self) -> tuple[int | str | None, tuple[int, int] | None]:
@@ -160,6 +149,23 @@ class TaskBar(QWidget):
         self.show()
 
 
+class _ChangeCommand(QUndoCommand):
+    """An engine Change on Qt's undo stack. It has already happened when pushed: the first redo does nothing."""
+
+    def __init__(self, engine: Engine, change: Change) -> None:
+        super().__init__(change.text)
+        self.engine, self.change, self._pushed = engine, change, True
+
+    def redo(self) -> None:
+        if self._pushed:
+            self._pushed = False
+            return
+        self.engine.redo(self.change)
+
+    def undo(self) -> None:
+        self.engine.undo(self.change)
+
+
 class MainWindow(QMainWindow):
     """ProtoLabel's window. make_embedder, workspace and settings are injectable (tests, selftest)."""
 
@@ -181,6 +187,9 @@ class MainWindow(QMainWindow):
         if workspace is None:
             workspace = Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "unsaved"
         self.frames = LatestFrame()
+        runtime = self.settings.value("runtime", "", str)
+        if make_embedder is default_embedder and runtime in RUNTIME_CHOICES:
+            make_embedder = partial(default_embedder, runtime)
         self.engine = Engine(make_embedder, self.frames, workspace)
         self.sources = SourceRunner(self.frames)
         self.camera_probe = CameraProbe(self)
@@ -188,7 +197,10 @@ class MainWindow(QMainWindow):
         self.project_folder = ""
         self.project_unsaved = True
         self.model_ready = False
-        self.messages: list[tuple[str, str]] = []  # (level, text), newest last: what the user was told
+        self.message_log = MessageLog(self)  # what the user was told (desktop.messages)
+        self._job = ""  # the engine job whose messages arrive now: their cause
+        self._source_spec: dict | None = None  # how the live source was opened (saved with the project)
+        self._wanted_camera: tuple[int, tuple[int, int] | None] = (0, None)
         self._shown_seq = 0
         self._source_times: list[float] = []
         self._model_times: list[float] = []
@@ -198,11 +210,11 @@ class MainWindow(QMainWindow):
         self._closing = False
 
         self.live = LiveView()
-        self.folder_view = FolderView()
+        self.folder_view = FolderView(settings=self.settings)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.live, "Live")
         self.tabs.addTab(self.folder_view, "Folder")
-        self.message_bar = MessageBar()
+        self.message_bar = MessageBar(self.message_log)
         central = QWidget()
         lay = QVBoxLayout(central)
         lay.setContentsMargins(6, 6, 6, 6)
@@ -280,8 +292,16 @@ class MainWindow(QMainWindow):
         self.act_model = A("Choose &model file…", self.choose_model, None,
                            "A model made with `protolabel metatrain` (or exported); examples are embedded again")
         self.act_default_model = A("Use the &default model", lambda: self.engine.set_model(None))
+        self.runtime_actions = QActionGroup(self)
+        for name, (text, tip) in RUNTIME_CHOICES.items():
+            act = A(text, lambda n=name: self.set_runtime(n), None, tip)
+            act.setCheckable(True)
+            act.setData(name)
+            self.runtime_actions.addAction(act)
         self.act_help = A("&Getting started", self.show_help, QKeySequence.StandardKey.HelpContents)
         self.act_about = A("&About ProtoLabel", self.show_about)
+        self.act_messages = A("&Messages…", self.show_messages, "Ctrl+Shift+M",
+                              "Everything ProtoLabel said in this session, with the time")
 
         bar = self.menuBar()
         m = bar.addMenu("&Project")
@@ -299,6 +319,16 @@ class MainWindow(QMainWindow):
             sub.addAction(a)
         m.addSeparator()
         m.addAction(self.act_quit)
+        m = bar.addMenu("&Edit")
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.setUndoLimit(UNDO_LIMIT)
+        self.act_undo = self.undo_stack.createUndoAction(self, "&Undo")
+        self.act_undo.setShortcut(QKeySequence.StandardKey.Undo)
+        self.act_redo = self.undo_stack.createRedoAction(self, "&Redo")
+        self.act_redo.setShortcuts(list(dict.fromkeys(
+            [*QKeySequence.keyBindings(QKeySequence.StandardKey.Redo), QKeySequence("Ctrl+Shift+Z")])))
+        m.addAction(self.act_undo)
+        m.addAction(self.act_redo)
         m = bar.addMenu("&Source")
         for a in (self.act_camera, self.act_video, self.act_folder, None, self.act_stop):
             m.addSeparator() if a is None else m.addAction(a)
@@ -306,8 +336,12 @@ class MainWindow(QMainWindow):
         for a in (self.act_import, None, self.act_finetune, self.act_reset, None, self.act_model,
                   self.act_default_model):
             m.addSeparator() if a is None else m.addAction(a)
+        sub = m.addMenu("&CPU runtime")
+        for a in self.runtime_actions.actions():
+            sub.addAction(a)
         m = bar.addMenu("&Help")
         m.addAction(self.act_help)
+        m.addAction(self.act_messages)
         m.addAction(self.act_about)
 
         tb = self.addToolBar("Main")
@@ -330,10 +364,14 @@ class MainWindow(QMainWindow):
         e.progress.connect(self._on_engine_progress)
         e.jobStarted.connect(self._on_engine_job_started)
         e.jobFinished.connect(self._on_engine_job_finished)
-        e.message.connect(self.show_message)
+        e.message.connect(lambda level, text: self.show_message(level, text, self._job or "background",
+                                                                 sticky=not self._job))
         e.projectChanged.connect(self._on_engine_project_changed)
-        e.saved.connect(lambda folder: self.statusBar().showMessage(f"Saved {folder}", 3000))
+        e.saved.connect(self._on_engine_saved)
         e.backupOffered.connect(self._on_engine_backup_offered)
+        e.projectSource.connect(self._on_engine_project_source)
+        e.changeDone.connect(lambda change: self.undo_stack.push(_ChangeCommand(e, change)))
+        e.historyCleared.connect(self.undo_stack.clear)
         s = self.sources
         s.opened.connect(self._on_source_opened)
         s.failed.connect(self._on_source_failed)
@@ -361,10 +399,28 @@ class MainWindow(QMainWindow):
         self.live.captureRequested.connect(self.capture)
 
     # ------------------------------------------------------------------ messages
-    def show_message(self, level: str, text: str) -> None:
-        self.messages.append((level, text))
-        self.message_bar.show_message(level, text)
+    def show_message(self, level: str, text: str, cause: str = "window", sticky: bool = False) -> None:
+        """Tell the person (desktop.messages): on the bar until `cause` is resolved or replaced, or it fades
+        (sticky: stays); always in Help > Messages…"""
+        self.message_log.post(cause, level, text, sticky)
         self.statusBar().showMessage(text, 8000)
+
+    @property
+    def messages(self) -> list[tuple[str, str]]:
+        """(level, text) of everything said so far, newest last."""
+        return [(n.level, n.text) for n in self.message_log.notices]
+
+    def show_messages(self) -> MessagesDialog:
+        dialog = getattr(self, "_messages_dialog", None)
+        if dialog is None:
+            dialog = self._messages_dialog = MessagesDialog(self.message_log, self)
+        dialog.show()
+        dialog.raise_()
+        return dialog
+
+    def _on_engine_saved(self, folder: str) -> None:
+        self.statusBar().showMessage(f"Saved {folder}", 3000)
+        self.message_log.resolve("background")  # e.g. an autosave that failed before
 
     # ------------------------------------------------------------------ sources
     def open_camera(self, device: int | str | None = None, resolution: tuple[int, int] | None = None) -> None:
@@ -377,7 +433,8 @@ class MainWindow(QMainWindow):
                 self.show_message("warning", "No camera chosen. Plug one in and try again, or open a video file.")
                 return
         w, h = resolution if resolution else (None, None)
-        self.start_source(CameraSource(device, width=w, height=h))
+        self.start_source(CameraSource(device, width=w, height=h),
+                          {"kind": "camera", "device": device, "resolution": list(resolution) if resolution else None})
 
     def open_video(self, path: str | None = None) -> None:
         if path is None:
@@ -386,9 +443,12 @@ class MainWindow(QMainWindow):
             if not path:
                 return
         self._remember_dir(path)
-        self.start_source(VideoFileSource(path, realtime=True, loop=True))
+        self.start_source(VideoFileSource(path, realtime=True, loop=True),
+                          {"kind": "video", "path": str(Path(path).resolve())})
 
-    def start_source(self, source: FrameSource) -> None:
+    def start_source(self, source: FrameSource, spec: dict | None = None) -> None:
+        """spec: how to open it again ({"kind": "camera" | "video", ...}), saved with the project once it opens."""
+        self._source_spec = spec
         self.frames.clear()
         self.live.set_frame(None)
         self.live.set_prediction(None)
@@ -399,6 +459,10 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.live)
 
     def stop_source(self) -> None:
+        """The person stops the live source (or picks a folder): the project won't reopen it either."""
+        if self._source_spec is not None:
+            self._source_spec = None
+            self.engine.remember_source(None)
         self.sources.stop()
         self.class_panel.set_capture_enabled(False)
         self.source_label.setText("No source")
@@ -417,22 +481,54 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.folder_view)
 
     def _on_source_opened(self, name: str) -> None:
+        self.message_log.resolve("source")
+        if self._source_spec is not None:
+            self.engine.remember_source(self._source_spec)
         self.source_label.setText(name)
         if name.endswith("(reconnected)"):
-            self.show_message("info", f"{name[: -len(' (reconnected)')]} is back")
+            self.show_message("info", f"{name[: -len(' (reconnected)')]} is back", "source")
         self.live.hint = "Waiting for the first frame…"
-        self.settings.setValue("last_source", name)
 
     def _on_source_failed(self, text: str) -> None:
         self.source_label.setText("No source")
         self.class_panel.set_capture_enabled(False)
         self.live.hint = f"{text}\n\nPick another source in the toolbar."
         self.live.set_frame(None)
-        self.show_message("error", text)
+        self.show_message("error", text, "source", sticky=True)
 
     def _on_source_interrupted(self, text: str) -> None:
         self.source_label.setText("Reconnecting…")
-        self.show_message("warning", text)
+        self.show_message("warning", text, "source", sticky=True)
+
+    def _on_engine_project_source(self, spec: dict) -> None:
+        """An opened project's last source: a video that is still there, a camera that is plugged in."""
+        if spec == self._source_spec and self.sources.is_running():
+            return
+        if spec["kind"] == "video":
+            path = str(spec.get("path", ""))
+            if Path(path).is_file():
+                self.open_video(path)
+            else:
+                self.show_message("warning", f"The project's video '{path}' is not there any more (moved or "
+                                             "deleted?). Open it with Source > Video file….", "source")
+        elif spec["kind"] == "camera":
+            device, size = spec.get("device"), spec.get("resolution")
+            size = tuple(size) if isinstance(size, list) and len(size) == 2 else None
+            if isinstance(device, str):  # a stream address: opening it is the only way to know
+                self.open_camera(device, size)
+            elif isinstance(device, int):
+                self._wanted_camera = (device, size)
+                self.camera_probe.found.connect(self._on_probe_found_project_camera)
+                self.camera_probe.start()
+
+    def _on_probe_found_project_camera(self, cameras: list) -> None:
+        self.camera_probe.found.disconnect(self._on_probe_found_project_camera)
+        device, size = self._wanted_camera
+        if any(c.index == device for c in cameras) and not self.sources.is_running():
+            self.open_camera(device, size)
+        elif not self.sources.is_running():
+            self.show_message("info", f"The project used camera {device}, which is not connected now: plug it "
+                                      "in and choose Source > Camera….", "source")
 
     def _on_source_ended(self, name: str) -> None:
         self.source_label.setText(f"{name} (ended)")
@@ -518,6 +614,9 @@ class MainWindow(QMainWindow):
     def _on_engine_ready(self, description: str) -> None:
         self.model_ready = True
         self.model_label.setText(description)
+        runtime = self.engine.embedder.runtime if self.engine.embedder is not None else "auto"
+        for act in self.runtime_actions.actions():
+            act.setChecked(act.data() == runtime)
 
     def _on_engine_snapshot(self, snapshot: ModelSnapshot) -> None:
         self.snapshot = snapshot
@@ -552,6 +651,8 @@ class MainWindow(QMainWindow):
     def _on_engine_job_started(self, job: str) -> None:
         if job in LONG_JOBS:
             self.task_bar.show_progress(job, 0, 0)
+        self._job = job
+        self.message_log.resolve(job)  # a job run again replaces what its last run said
         if job == "fine-tune":
             self.live.status = "fine-tuning… predictions resume when it is done"
             self.live.update()
@@ -566,9 +667,14 @@ class MainWindow(QMainWindow):
             self.live.status = ""
             self.live.update()
             self.act_finetune.setEnabled(True)
+        self._job = ""
         if summary:
+            # Every result is in Help > Messages…; a long job's also on the bar (the fine-tune result stays
+            # there until the next one), unless the job left a warning or an error there.
+            said = self.message_log.active.get(job)
+            on_bar = (job in LONG_JOBS or job in BAR_RESULTS) and (said is None or said.level == "info")
+            self.message_log.post(job, "info", summary, sticky=job == "fine-tune", activate=on_bar)
             self.statusBar().showMessage(summary, 10_000)
-            self.messages.append(("info", summary))
 
     def _on_engine_project_changed(self, folder: str, unsaved: bool) -> None:
         self.project_folder, self.project_unsaved = folder, unsaved
@@ -619,6 +725,11 @@ class MainWindow(QMainWindow):
             return
         self.engine.finetune()
 
+    def set_runtime(self, name: str) -> None:
+        """How the network runs on the CPU (Model > CPU runtime); remembered for the next start."""
+        self.settings.setValue("runtime", name)
+        self.engine.set_runtime(name)
+
     def choose_model(self, path: str | None = None) -> None:
         if path is None:
             path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", self._last_dir(),
@@ -657,41 +768,60 @@ class MainWindow(QMainWindow):
             self.engine.save_project()
 
     def save_project_as(self, path: str | None = None) -> None:
+        """Save into a new folder the person types (it is made) or picks; see desktop.path_dialog."""
         if path is None:
-            path = QFileDialog.getExistingDirectory(self, "Save the project into a (new, empty) folder", self._last_dir())
+            from .path_dialog import PathDialog
+
+            keep_out = self._keep_out()
+            dialog = PathDialog("Save project as", "The project is saved into a new, empty folder. Type its name or "
+                                "path, or browse to where it goes.", self._output_default("project", keep_out),
+                                avoid=keep_out, parent=self)
+            path = dialog.chosen if dialog.exec() else ""
+            dialog.deleteLater()
             if not path:
                 return
+            self._remember_output("project", path)
         self.engine.save_project(path)
 
     def export_csv(self, path: str | None = None) -> None:
         if path is None:
-            start = str(Path(self._last_dir()) / "labels.csv")
-            path, _ = QFileDialog.getSaveFileName(self, "Export labels", start, "CSV (*.csv)")
+            path = self._ask_output_file("Export labels (CSV)", "The folder's labels as a CSV file.",
+                                         f"{self._project_name()}-labels", ".csv", "CSV (*.csv)")
             if not path:
                 return
+        self._remember_output("export", path)
         self.engine.export_csv(path)
 
-    def export_labels(self, fmt: str, path: str | None = None) -> None:
-        """Export in a core.export format; files go to a new file or folder the user picks."""
+    def export_labels(self, fmt: str, path: str | None = None, **settings: object) -> None:
+        """Export in a core.export format. Without a path: the format's dialog (desktop.export_dialog: where,
+        the filters and the format's options, as `protolabel export labels` offers them); settings: the
+        command line's names (core.label_export_settings), missing ones take its defaults."""
         if path is None:
-            start = str(Path(self._last_dir()) / f"labels-{fmt}")
-            if fmt in ("json", "labelstudio"):
-                path, _ = QFileDialog.getSaveFileName(self, "Export labels", start + ".json", "JSON (*.json)")
-            else:
-                path = QFileDialog.getExistingDirectory(self, "Export labels into a new or empty folder", self._last_dir())
-            if not path:
+            from core import label_format_layout
+
+            from .export_dialog import FILE_SUFFIXES, ExportDialog
+
+            keep_out = self._keep_out()
+            folder = label_format_layout(fmt) == "folder"
+            default = self._output_default("export", keep_out, f"{self._project_name()}-{fmt}",
+                                           folder=folder, suffix="" if folder else FILE_SUFFIXES.get(fmt, ""))
+            dialog = ExportDialog(fmt, default, settings=self.settings, avoid=keep_out, parent=self)
+            accepted = bool(dialog.exec())
+            path, settings = dialog.chosen, dialog.settings
+            dialog.deleteLater()
+            if not accepted or not path:
                 return
-        self._remember_dir(path)
-        self.engine.export_labels(fmt, path)
+        self._remember_output("export", path)
+        self.engine.export_labels(fmt, path, **settings)
 
     def export_model(self, fmt: str, path: str | None = None) -> None:
         if path is None:
             ext = ".onnx" if fmt == "onnx" else ".pt"
-            path, _ = QFileDialog.getSaveFileName(self, "Export the adapted model",
-                                                  str(Path(self._last_dir()) / f"protolabel-model{ext}"), f"*{ext}")
+            path = self._ask_output_file("Export the adapted model", "The adapted classifier as one file, for use "
+                                         "outside ProtoLabel.", f"{self._project_name()}-model", ext, f"*{ext}")
             if not path:
                 return
-        self._remember_dir(path)
+        self._remember_output("export", path)
         self.engine.export_model(fmt, path)
 
     def _fill_recent(self) -> None:
@@ -703,11 +833,71 @@ class MainWindow(QMainWindow):
             self.recent_menu.addAction("(none yet)").setEnabled(False)
 
     def _last_dir(self) -> str:
-        return self.settings.value("last_dir", str(Path.home()), str)
+        """Where the open dialogs start: the last folder opened, at first the Pictures folder."""
+        pictures = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.PicturesLocation)
+        return self.settings.value("last_dir", pictures or str(Path.home()), str)
 
     def _remember_dir(self, path: str) -> None:
         p = Path(path)
         self.settings.setValue("last_dir", str(p if p.is_dir() else p.parent))
+
+    def _keep_out(self) -> list[tuple[Path, str]]:
+        """Folders a project or an export must stay out of: the labeled image folder (as the project file
+        names it, and where the grid's images are; anything written there would be labeled next time) and
+        the project folder."""
+        from core import ProjectError, read_project_meta
+
+        from .path_dialog import common_folder, is_inside
+
+        keep: list[tuple[Path, str]] = []
+        if self.project_folder:
+            try:
+                root = read_project_meta(self.project_folder).get("query_root")
+            except (ProjectError, OSError):
+                root = None
+            if root:
+                keep.append((Path(root), "the labeled image folder"))
+        shown = common_folder([item.path for item in self.folder_view.items()])
+        if shown is not None and not any(is_inside(shown, folder) for folder, _ in keep):
+            keep.append((shown, "the labeled image folder"))
+        if self.project_folder:
+            keep.append((Path(self.project_folder), "the project folder"))
+        return keep
+
+    def _project_name(self) -> str:
+        """The saved project's name; an unsaved one is named after its labeled folder."""
+        if self.project_folder and not self.project_unsaved:
+            return Path(self.project_folder).name
+        labeled = [folder for folder, what in self._keep_out() if what == "the labeled image folder"]
+        return labeled[0].name if labeled and labeled[0].name else "My project"
+
+    def _output_default(self, kind: str, keep_out: list[tuple[Path, str]], name: str | None = None, *,
+                        folder: bool = True, suffix: str = "") -> Path:
+        """A new path for a project (kind "project": Documents/ProtoLabel/<name>) or an export ("export":
+        Documents/ProtoLabel/exports/<name>), or where the last one of its kind went, or beside the project;
+        never inside `keep_out`."""
+        from .path_dialog import default_output, documents_folder
+
+        docs = documents_folder()
+        saved = Path(self.project_folder).parent if self.project_folder and not self.project_unsaved else None
+        parents = [self.settings.value(f"output_dir/{kind}", "", str) or None,
+                   docs if kind == "project" else docs / "exports", saved]
+        return default_output(name or self._project_name(), parents, keep_out, folder=folder, suffix=suffix)
+
+    def _remember_output(self, kind: str, path: str) -> None:
+        """The next default of this kind goes beside this one (never into it)."""
+        self.settings.setValue(f"output_dir/{kind}", str(Path(path).parent))
+
+    def _ask_output_file(self, title: str, text: str, name: str, suffix: str, name_filter: str) -> str:
+        """A file to write (desktop.path_dialog: typed or browsed to; missing folders are made) -> "" if cancelled."""
+        from .path_dialog import PathDialog
+
+        default = self._output_default("export", self._keep_out(), name, folder=False, suffix=suffix)
+        dialog = PathDialog(title, text, default, mode="file", suffix=suffix, name_filter=name_filter,
+                            ok_text="Export", parent=self)
+        path = dialog.chosen if dialog.exec() else ""
+        dialog.deleteLater()
+        return path
 
     # ------------------------------------------------------------------ help
     def show_help(self) -> None:
