@@ -646,7 +646,7 @@ class ClassPanel(QWidget):
         self._recording: str | None = None
         self.setAcceptDrops(True)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
-        self.setMinimumWidth(240)
+        self.setMinimumWidth(220)
 
         title = QLabel("Classes", self)
         font = title.font()
@@ -691,7 +691,8 @@ class ClassPanel(QWidget):
         layout.addWidget(self.scroll_area, 1)
 
     def sizeHint(self) -> QSize:
-        return QSize(320, 600)
+        # three example thumbnails a row, and an 800 px window still leaves the folder grid two columns
+        return QSize(264, 600)
 
     # ------------------------------------------------------------------ queries (tests, main window)
     def cards(self) -> list[ClassCard]:

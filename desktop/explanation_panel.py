@@ -5,14 +5,15 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QColor, QImage, QPixmap
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPixmap
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .folder_grid import _GREY, _readable
 from .state import ExampleInfo, FolderItem
 
-PREVIEW_SIDE = 236  # px, longer side of the explanation panel's image
+PREVIEW_SIDE = 320  # px, longer side of the explanation panel's image as decoded; shown smaller in a narrow panel
+PREVIEW_LEAST = 120  # px, the smallest the image is shown
 
 
 class _ExampleRow(QWidget):
@@ -34,6 +35,7 @@ class _ExampleRow(QWidget):
         text = QLabel(f"<b style='color:{_readable(color).name()}'>{_escape(example.class_name)}</b>"
                       f"<br><span>similarity {similarity:.2f}</span>")
         text.setTextFormat(Qt.TextFormat.RichText)
+        text.setWordWrap(True)  # a long class name wraps in a narrow panel
         lay.addWidget(text, 1)
         self.class_label = text
 
@@ -51,15 +53,52 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+class _Preview(QLabel):
+    """The current image, as large as the panel's width allows (up to its decoded size), aspect kept."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setStyleSheet("background: #e4e4e4;")
+        policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        policy.setHeightForWidth(True)
+        self.setSizePolicy(policy)
+        self.setMaximumWidth(PREVIEW_SIDE)
+
+    def sizeHint(self) -> QSize:
+        return QSize(PREVIEW_SIDE, PREVIEW_SIDE)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(PREVIEW_LEAST, PREVIEW_LEAST)
+
+    def hasHeightForWidth(self) -> bool:
+        return True
+
+    def heightForWidth(self, width: int) -> int:
+        return max(PREVIEW_LEAST, min(width, PREVIEW_SIDE))  # square: portrait and landscape look alike
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        pixmap = self.pixmap()
+        if pixmap.isNull():
+            super().paintEvent(event)  # the background, and "unreadable" where it is
+            return
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor("#e4e4e4"))
+        size = pixmap.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
+        if size.width() > pixmap.width():
+            size = pixmap.size()  # never enlarged: a blurred thumbnail says less than a small one
+        target = QRect(0, 0, size.width(), size.height())
+        target.moveCenter(self.rect().center())
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        painter.drawPixmap(target, pixmap)
+
+
 class _ExplanationPanel(QFrame):
     """Right-hand panel: the current image larger, its label, top-3 and the most similar support examples."""
-
-    PANEL_WIDTH = 260
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.setMinimumWidth(200)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
@@ -67,6 +106,7 @@ class _ExplanationPanel(QFrame):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         outer.addWidget(scroll)
+        self._scroll = scroll
         body = QWidget()
         scroll.setWidget(body)
         lay = QVBoxLayout(body)
@@ -78,10 +118,7 @@ class _ExplanationPanel(QFrame):
         self.title.setFont(font)
         self.title.setWordWrap(True)
         lay.addWidget(self.title)
-        self.image = QLabel()
-        self.image.setFixedSize(PREVIEW_SIDE, PREVIEW_SIDE)
-        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.image.setStyleSheet("background: #e4e4e4;")
+        self.image = _Preview()
         lay.addWidget(self.image, 0, Qt.AlignmentFlag.AlignHCenter)
         self.label_line = QLabel()
         self.label_line.setTextFormat(Qt.TextFormat.RichText)
@@ -89,22 +126,36 @@ class _ExplanationPanel(QFrame):
         lay.addWidget(self.label_line)
         self.topk = QLabel()
         self.topk.setTextFormat(Qt.TextFormat.RichText)
+        self.topk.setWordWrap(True)
         lay.addWidget(self.topk)
         self.heading = QLabel("Most similar examples")
         self.heading.setFont(font)
+        self.heading.setWordWrap(True)
         lay.addWidget(self.heading)
         self.examples_box = QVBoxLayout()
         self.examples_box.setSpacing(2)
         lay.addLayout(self.examples_box)
         self.examples_note = QLabel()
         self.examples_note.setStyleSheet("color: #757575;")
+        self.examples_note.setWordWrap(True)
         lay.addWidget(self.examples_note)
         lay.addStretch(1)
         self.rows: list[_ExampleRow] = []
         self.show_item(None, lambda name: _GREY)
 
     def sizeHint(self) -> QSize:
-        return QSize(self.PANEL_WIDTH, 600)
+        """As wide as the preview at its full size."""
+        return QSize(self._width_around(PREVIEW_SIDE), 600)
+
+    def minimumSizeHint(self) -> QSize:
+        """The least preview: below that the panel would cut its contents."""
+        return QSize(self._width_around(PREVIEW_LEAST), 120)
+
+    def _width_around(self, preview: int) -> int:
+        """The panel's width for a preview that wide: the margins, a scroll bar and the frame around it."""
+        body = self._scroll.widget().layout().contentsMargins()
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        return preview + body.left() + body.right() + bar + 2 * self.frameWidth()
 
     def show_item(self, item: FolderItem | None, color_of: Callable[[str], QColor]) -> None:
         """Label, confidence and top-3 of `item` (None: nothing selected)."""

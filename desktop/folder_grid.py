@@ -20,7 +20,18 @@ from PySide6.QtCore import (
     QTimerEvent,
     Signal,
 )
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QKeyEvent, QPainter, QPainterPath, QPalette, QPen, QPixmap
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetrics,
+    QKeyEvent,
+    QPainter,
+    QPainterPath,
+    QPalette,
+    QPen,
+    QPixmap,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QWidget
 
 from .state import FolderItem
@@ -29,7 +40,7 @@ from .thumbnails import THUMBNAIL_SIDE
 if TYPE_CHECKING:
     from .folder_view import FolderView
 
-CELL_SIZE = QSize(150, 170)
+CELL_SIZE = QSize(150, 170)  # the narrowest cell; cells widen to share a row's leftover width among its columns
 
 _GREY = QColor("#9e9e9e")  # unknown / removed class, same grey as ModelSnapshot.color_of
 
@@ -113,7 +124,7 @@ class _CellDelegate(QStyledItemDelegate):
         self._view = view
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
-        return CELL_SIZE
+        return self._view.grid.cell_size()
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         view = self._view
@@ -231,6 +242,7 @@ class _Grid(QListView):
         super().__init__(parent)
         self._pending: tuple | None = None  # ("path", path, top | None) or ("value", scroll value)
         self._capturing = False
+        self._cell = QSize(CELL_SIZE)
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setMovement(QListView.Movement.Static)
         self.setFlow(QListView.Flow.LeftToRight)
@@ -247,6 +259,51 @@ class _Grid(QListView):
         self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.verticalScrollBar().setSingleStep(40)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.setMinimumWidth(self.width_for_columns(1))  # a narrower grid would cut its cells
+
+    # --- cell size ---
+    def cell_size(self) -> QSize:
+        """The size of every cell: CELL_SIZE, widened so that the columns fill the viewport's width."""
+        return self._cell
+
+    def layout_width(self) -> int:
+        """The width QListView lays cells out in: the viewport's, less a vertical scroll bar even while none is
+        shown (so that the bar coming and going does not re-flow the grid)."""
+        width = self.maximumViewportSize().width()
+        style, bar = self.style(), self.verticalScrollBar()
+        if (self.verticalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAsNeeded
+                and not style.pixelMetric(QStyle.PixelMetric.PM_ScrollView_ScrollBarOverlap, None, bar)):
+            width -= style.pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, bar)
+            if style.styleHint(QStyle.StyleHint.SH_ScrollView_FrameOnlyAroundContents, None, self):
+                width -= 2 * style.pixelMetric(QStyle.PixelMetric.PM_DefaultFrameWidth, None, self)
+        return width
+
+    def columns(self) -> int:
+        """How many cells a row holds."""
+        return max(1, self._room() // (CELL_SIZE.width() + self.spacing()))
+
+    def columns_at(self, width: int) -> int:
+        """How many cells a row would hold were the view `width` wide."""
+        return max(1, (self._room() + width - self.width()) // (CELL_SIZE.width() + self.spacing()))
+
+    def width_for_columns(self, columns: int) -> int:
+        """The view's width at which `columns` cells of the least width fit in a row."""
+        overhead = self.width() - self.layout_width()  # frame and scroll bar
+        return overhead + self.spacing() + 1 + columns * (CELL_SIZE.width() + self.spacing())
+
+    def _room(self) -> int:
+        # QListView wraps a row before a cell whose end plus spacing would reach the last pixel of the width
+        return self.layout_width() - self.spacing() - 1
+
+    def _fit_cells(self) -> None:
+        width = max(CELL_SIZE.width(), self._room() // self.columns() - self.spacing())
+        if width != self._cell.width():
+            self._cell = QSize(width, CELL_SIZE.height())
+            self.scheduleDelayedItemsLayout()  # uniform item sizes: the view reads the new size on layout
+
+    def resizeEvent(self, e: QResizeEvent) -> None:
+        self._fit_cells()
+        super().resizeEvent(e)
 
     # --- keys ---
     @staticmethod

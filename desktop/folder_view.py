@@ -10,13 +10,26 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from PySide6.QtCore import QItemSelection, QItemSelectionModel, QModelIndex, QPoint, Qt, Signal, SignalInstance
-from PySide6.QtGui import QAction, QCloseEvent, QColor, QIcon, QImage, QPixmap
+from PySide6.QtCore import (
+    QItemSelection,
+    QItemSelectionModel,
+    QModelIndex,
+    QPoint,
+    QRect,
+    QSettings,
+    QSize,
+    Qt,
+    Signal,
+    SignalInstance,
+)
+from PySide6.QtGui import QAction, QCloseEvent, QColor, QIcon, QImage, QPainter, QPaintEvent, QPixmap, QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QLayout,
+    QLayoutItem,
     QMenu,
     QMessageBox,
     QProgressBar,
@@ -25,6 +38,7 @@ from PySide6.QtWidgets import (
     QToolTip,
     QVBoxLayout,
     QWidget,
+    QWidgetItem,
 )
 
 from core import UNKNOWN_LABEL
@@ -40,6 +54,9 @@ SORT_LEAST, SORT_MOST, SORT_NAME = "least", "most", "name"
 SORTS = ((SORT_LEAST, "Least confident first"), (SORT_MOST, "Most confident first"), (SORT_NAME, "File name"))
 
 _DIGITS = re.compile(r"\d+")
+PANEL_WIDTH_KEY = "folder/panel_width"  # QSettings key: the explanation panel's width as the user left it
+PANEL_SHARE = 0.3  # the explanation panel's default part of the width, up to the width of its full-size preview
+GRID_COLUMNS_KEPT = 2  # a narrow window narrows the explanation panel before the grid drops below this
 
 
 class FolderView(QWidget):
@@ -57,8 +74,9 @@ class FolderView(QWidget):
     cancelRequested = Signal()
     openRequested = Signal(str)  # path, to show in the live view
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, settings: QSettings | None = None) -> None:
         super().__init__(parent)
+        self._settings = settings  # where the explanation panel's width is remembered (None: nowhere)
         self._classes: tuple[ClassInfo, ...] = ()
         self._colors: dict[str, QColor] = {}
         self._key_to_class: dict[str, str] = {}
@@ -92,32 +110,28 @@ class FolderView(QWidget):
         lay.setContentsMargins(6, 6, 6, 6)
         lay.setSpacing(4)
 
-        header = QHBoxLayout()
-        header.addWidget(QLabel("Sort"))
+        # The header wraps onto more lines where the view is narrow (an 800 x 600 window) instead of widening it.
+        header = _FlowLayout(spacing=(8, 4))
         self.sort_combo = QComboBox()
         for key, text in SORTS:
             self.sort_combo.addItem(text, key)
         self.sort_combo.currentIndexChanged.connect(self._on_sort_changed)
-        header.addWidget(self.sort_combo)
-        header.addSpacing(8)
-        header.addWidget(QLabel("Show"))
+        header.addWidget(_labeled("Sort", self.sort_combo))
         self.filter_combo = QComboBox()
         self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.filter_combo.setMaximumWidth(240)  # a long class name is cut rather than widening the header
         self._fill_filter_combo()
         self.filter_combo.currentIndexChanged.connect(self._on_filter_changed)
-        header.addWidget(self.filter_combo)
-        header.addSpacing(12)
-        self.count_label = QLabel()
+        header.addWidget(_labeled("Show", self.filter_combo))
+        self.count_label = _ElidedLabel()
         header.addWidget(self.count_label)
-        header.addStretch(1)
+        header.set_elastic(self.count_label, 0.6)  # a little cut off rather than a line of its own
         self.summary_label = QLabel()
         self.summary_label.setStyleSheet("color: #b26a00;")
         self.summary_label.hide()
         header.addWidget(self.summary_label)
-        header.addSpacing(12)
         self.accept_above_button = QPushButton("Accept all ≥")
         self.accept_above_button.clicked.connect(self._on_accept_above_clicked)
-        header.addWidget(self.accept_above_button)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.5, 1.0)
         self.threshold_spin.setSingleStep(0.01)
@@ -126,7 +140,9 @@ class FolderView(QWidget):
         # their mistake (README, "Labeling effort").
         self.threshold_spin.setValue(0.98)
         self.threshold_spin.valueChanged.connect(self._update_accept_tooltip)
-        header.addWidget(self.threshold_spin)
+        accept = _labeled(self.accept_above_button, self.threshold_spin)
+        header.addWidget(accept)
+        header.align_right(accept)
         lay.addLayout(header)
 
         self.estimate_label = QLabel()
@@ -162,11 +178,44 @@ class FolderView(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.grid)
         self.splitter.addWidget(self.panel)
-        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(0, 1)  # a wider window widens the grid; the panel keeps its width
         self.splitter.setStretchFactor(1, 0)
-        self.splitter.setSizes([1000, _ExplanationPanel.PANEL_WIDTH])
+        self.splitter.setCollapsible(0, False)
+        self.splitter.setCollapsible(1, False)
+        self.splitter.splitterMoved.connect(self._on_splitter_moved)
+        self._panel_width = 0  # the width the user dragged the panel to (0: not yet, or not remembered)
+        if self._settings is not None:
+            self._panel_width = self._settings.value(PANEL_WIDTH_KEY, 0, int)
         lay.addWidget(self.splitter, 1)
         self._update_counts()
+
+    # --- splitter ---
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)  # the layout has resized the splitter already
+        self._fit_panel()
+
+    def _fit_panel(self) -> None:
+        """The explanation panel at the user's width (else PANEL_SHARE of the width), narrower where the grid
+        would otherwise show fewer than GRID_COLUMNS_KEPT columns."""
+        total = self.splitter.width() - self.splitter.handleWidth()
+        if total <= 0:
+            return
+        # by default the smaller part of the width: the grid is what the user works in
+        wanted = self._panel_width or min(self.panel.sizeHint().width(), int(total * PANEL_SHARE))
+        least = self.panel.minimumSizeHint().width()
+        width = max(least, min(wanted, total - self.grid.width_for_columns(GRID_COLUMNS_KEPT)))
+        if not self._panel_width:
+            # the grid keeps whole columns: what would only widen its cells goes to the panel, up to full size
+            columns = self.grid.columns_at(total - width)
+            width = max(width, min(self.panel.sizeHint().width(), total - self.grid.width_for_columns(columns)))
+        width = min(width, total - self.grid.minimumWidth())
+        if self.splitter.sizes()[1] != width:
+            self.splitter.setSizes([total - width, width])
+
+    def _on_splitter_moved(self, _pos: int, _index: int) -> None:
+        self._panel_width = self.panel.width()
+        if self._settings is not None:
+            self._settings.setValue(PANEL_WIDTH_KEY, self._panel_width)
 
     def _fill_filter_combo(self) -> None:
         combo = self.filter_combo
@@ -602,6 +651,166 @@ class FolderView(QWidget):
         self.grid.viewport().update()  # coalesced by Qt into one repaint per event-loop turn
         if path == self._current_path and self.panel.image.pixmap().isNull() and not error:
             self.panel.set_preview(self._preview_stand_in(path))
+
+
+def _labeled(label: str | QWidget, widget: QWidget) -> QWidget:
+    """`label` (text or a widget) and `widget` side by side, kept together when the header wraps."""
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.setSpacing(4)
+    lay.addWidget(QLabel(label) if isinstance(label, str) else label)
+    lay.addWidget(widget)
+    return box
+
+
+class _FlowLayout(QLayout):
+    """Items left to right at their size hints, wrapping onto the next line where the width ends (as words in
+    a paragraph). Items marked `align_right` go to the right end of their line; the one `elastic` item may
+    narrow down to a part of its width to stay on its line, and takes what its line leaves over."""
+
+    def __init__(self, parent: QWidget | None = None, spacing: tuple[int, int] = (6, 6)) -> None:
+        super().__init__(parent)
+        self._items: list[QLayoutItem] = []
+        self._right: set[int] = set()  # ids of the widgets aligned right
+        self._elastic: tuple[int, float] | None = None  # (id of the widget, least part of its width)
+        self._hspace, self._vspace = spacing
+
+    def addItem(self, item: QLayoutItem) -> None:
+        self._items.append(item)
+
+    def addWidget(self, widget: QWidget) -> None:  # type: ignore[override]
+        self.addChildWidget(widget)
+        self.addItem(QWidgetItem(widget))
+        self.invalidate()
+
+    def align_right(self, widget: QWidget) -> None:
+        self._right.add(id(widget))
+        self.invalidate()
+
+    def set_elastic(self, widget: QWidget, least: float) -> None:
+        self._elastic = (id(widget), least)
+        self.invalidate()
+
+    def count(self) -> int:
+        return len(self._items)
+
+    def itemAt(self, index: int) -> QLayoutItem | None:
+        return self._items[index] if 0 <= index < len(self._items) else None
+
+    def takeAt(self, index: int) -> QLayoutItem | None:
+        return self._items.pop(index) if 0 <= index < len(self._items) else None
+
+    def expandingDirections(self) -> Qt.Orientation:
+        return Qt.Orientation(0)
+
+    def hasHeightForWidth(self) -> bool:
+        return True
+
+    def heightForWidth(self, width: int) -> int:
+        return self._place(QRect(0, 0, width, 0), move=False)
+
+    def setGeometry(self, rect: QRect) -> None:
+        super().setGeometry(rect)
+        self._place(rect, move=True)
+
+    def sizeHint(self) -> QSize:
+        """Everything on one line."""
+        shown = self._shown()
+        m = self.contentsMargins()
+        width = sum(i.sizeHint().width() for i in shown) + self._hspace * max(0, len(shown) - 1)
+        height = max((i.sizeHint().height() for i in shown), default=0)
+        return QSize(width + m.left() + m.right(), height + m.top() + m.bottom())
+
+    def minimumSize(self) -> QSize:
+        """The widest item: one item a line."""
+        m = self.contentsMargins()
+        width = max((self._least(i) for i in self._shown()), default=0) + m.left() + m.right()
+        return QSize(width, self.heightForWidth(width))
+
+    def _shown(self) -> list[QLayoutItem]:
+        return [i for i in self._items if not i.isEmpty()]
+
+    def _least(self, item: QLayoutItem) -> int:
+        width = item.sizeHint().width()
+        if self._elastic is not None and id(item.widget()) == self._elastic[0]:
+            return max(item.minimumSize().width(), int(width * self._elastic[1]))
+        return width
+
+    def _place(self, rect: QRect, move: bool) -> int:
+        """Lay the items out in `rect` (only measure unless `move`); returns the height they take."""
+        m = self.contentsMargins()
+        area = rect.adjusted(m.left(), m.top(), -m.right(), -m.bottom())
+        shown = self._shown()
+        lines = self._lines(shown, [i.sizeHint().width() for i in shown], area.width())
+        narrowed = self._lines(shown, [self._least(i) for i in shown], area.width())
+        if len(narrowed) < len(lines):  # the elastic item narrows only where that saves a line
+            lines = narrowed
+        y = area.y()
+        for line in lines:
+            height = max((i.sizeHint().height() for i in line), default=0)
+            if move:
+                self._move_line(line, area, y, height)
+            y += height + self._vspace
+        return y - self._vspace - rect.y() + m.bottom() if lines[0] else m.top() + m.bottom()
+
+    def _lines(self, items: list[QLayoutItem], widths: list[int], room: int) -> list[list[QLayoutItem]]:
+        """`items` of these widths broken into lines of at most `room`, greedily."""
+        lines: list[list[QLayoutItem]] = [[]]
+        used = 0
+        for item, w in zip(items, widths, strict=True):
+            if lines[-1] and used + self._hspace + w > room:
+                lines.append([])
+                used = 0
+            used += (self._hspace if lines[-1] else 0) + w
+            lines[-1].append(item)
+        return lines
+
+    def _move_line(self, line: list[QLayoutItem], area: QRect, y: int, height: int) -> None:
+        widths = [i.sizeHint().width() for i in line]
+        free = area.width() - sum(widths) - self._hspace * (len(line) - 1)
+        for k, item in enumerate(line):
+            if free < 0 and self._elastic is not None and id(item.widget()) == self._elastic[0]:
+                widths[k] = max(self._least(item), widths[k] + free)  # it gives what the line lacks
+        left = [(i, w) for i, w in zip(line, widths, strict=True) if id(i.widget()) not in self._right]
+        right = [(i, w) for i, w in zip(line, widths, strict=True) if id(i.widget()) in self._right]
+        x = area.x()
+        for item, w in left:
+            h = item.sizeHint().height()
+            item.setGeometry(QRect(x, y + (height - h) // 2, min(w, area.right() + 1 - x), h))
+            x += w + self._hspace
+        x = area.right() + 1
+        for item, w in reversed(right):
+            h = item.sizeHint().height()
+            x = max(area.x(), x - w)
+            item.setGeometry(QRect(x, y + (height - h) // 2, w, h))
+            x -= self._hspace
+
+
+class _ElidedLabel(QLabel):
+    """A one-line label that shows as much of its text as it has room for, the whole in its tooltip."""
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self.fontMetrics().horizontalAdvance("…") * 4, super().minimumSizeHint().height())
+
+    def setText(self, text: str) -> None:  # type: ignore[override]
+        super().setText(text)
+        self._update_tooltip()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._update_tooltip()
+
+    def _shown_text(self) -> str:
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+
+    def _update_tooltip(self) -> None:
+        self.setToolTip(self.text() if self._shown_text() != self.text() else "")
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        self.style().drawItemText(painter, self.contentsRect(), int(self.alignment()), self.palette(),
+                                  self.isEnabled(), self._shown_text(), self.foregroundRole())
 
 
 def _wrong_text(wrong: int) -> str:

@@ -31,7 +31,7 @@ class LiveView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setMinimumSize(480, 320)
+        self.setMinimumSize(360, 240)  # room for the prediction box (300 px) beside the margins
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMouseTracking(False)
         self._frame: Frame | None = None
