@@ -10,8 +10,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QUndoCommand, QUndoStack
+from PySide6.QtCore import QSettings, QSize, QStandardPaths, Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence, QPainter, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QSizePolicy,
     QPushButton,
     QTabWidget,
     QVBoxLayout,
@@ -123,6 +124,27 @@ class CameraDialog(QDialog):
     def done(self, result: int) -> None:
         self.probe.found.disconnect(self._on_probe_found)
         super().done(result)
+
+
+class ElidedLabel(QLabel):
+    """A status-bar label that shrinks with the window, ending in "…" (the whole text in its tooltip)."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setMinimumWidth(60)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self.minimumWidth(), super().minimumSizeHint().height())
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideMiddle, self.width())
+        painter.drawText(self.rect(), int(self.alignment()), text)
 
 
 class TaskBar(QWidget):
@@ -231,8 +253,8 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
 
         self.task_bar = TaskBar(lambda: self.engine.cancel())
-        self.source_label = QLabel("No source")
-        self.model_label = QLabel("Loading model…")
+        self.source_label = ElidedLabel("No source")
+        self.model_label = ElidedLabel("Loading model…")
         self.statusBar().addPermanentWidget(self.task_bar)
         self.statusBar().addPermanentWidget(self.source_label)
         self.statusBar().addPermanentWidget(self.model_label)
@@ -270,6 +292,7 @@ class MainWindow(QMainWindow):
         self.act_export = A("&Export labels (CSV)…", self.export_csv, "Ctrl+E", "Write the folder's labels to a CSV file")
         self.label_format_actions = [
             A(text, lambda f=fmt: self.export_labels(f), None, tip) for fmt, text, tip in (
+                ("csv", "CSV…", "One CSV file: the folder's labels and the examples, with filters"),
                 ("json", "JSON…", "One JSON file: project, classes, labels"),
                 ("imagefolder", "Image folder (one folder per class)…", "Copies of the images, a folder per class"),
                 ("yolo-cls", "YOLO classification (train/val)…", "Ultralytics layout with a validation split"),
@@ -287,7 +310,8 @@ class MainWindow(QMainWindow):
         self.act_import = A("Import folder of &classes…", self.import_tree, None,
                             "A folder with one sub-folder of examples per class")
         self.act_finetune = A("&Fine-tune", self.finetune, "Ctrl+T",
-                              "Adapt the model to your examples (a few seconds); predictions get better")
+                              "Adapt the model to your examples (a few seconds in the background); a small gain, "
+                              "most with several examples per class")
         self.act_reset = A("&Reset fine-tuning", self.engine.reset_finetune)
         self.act_model = A("Choose &model file…", self.choose_model, None,
                            "A model made with `protolabel metatrain` (or exported); examples are embedded again")
@@ -419,7 +443,7 @@ class MainWindow(QMainWindow):
         return dialog
 
     def _on_engine_saved(self, folder: str) -> None:
-        self.statusBar().showMessage(f"Saved {folder}", 3000)
+        self.statusBar().showMessage(f"Saved {Path(folder).name}", 3000)  # the full path: the window title's project
         self.message_log.resolve("background")  # e.g. an autosave that failed before
 
     # ------------------------------------------------------------------ sources
