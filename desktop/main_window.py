@@ -925,15 +925,17 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ help
     def show_help(self) -> None:
-        QMessageBox.information(self, "Getting started", (
-            "1. Pick a source: Camera, Video file or Image folder (toolbar).\n"
-            "2. Add a class in the panel on the right (or press 1, 2, … on the live view).\n"
-            "3. Hold a class's button or its number key to capture examples (several per second). Drag on the\n"
-            "   picture to capture a region only; drop image files or folders on a class.\n"
-            "4. Predictions appear at once. Fine-tune (Ctrl+T) adapts the model in a few seconds.\n"
-            "5. Image folder: the grid shows the least confident images first. Press a class's number to\n"
-            "   correct, Enter to accept; corrections become examples.\n"
-            "6. Export the labels as CSV (Ctrl+E). Projects are saved automatically."))
+        QMessageBox.information(self, "Getting started", "\n".join((
+            "1. Pick a source: Camera, Video file or Image folder (toolbar).",
+            "2. Add a class in the panel on the right (or press 1, 2, … on the live view).",
+            "3. Hold a class's button or its number key to capture examples (several per second). Drag on the "
+            "picture to capture a region only; drop image files or folders on a class.",
+            "4. Predictions appear at once. Fine-tune (Ctrl+T) adapts the model in a few seconds.",
+            "5. Image folder: the grid shows the least confident images first. Press a class's number to "
+            "correct, Enter to accept; corrections become examples.",
+            "6. Ctrl+Z undoes any change, Ctrl+Shift+Z redoes it. Help > Messages… lists what was said.",
+            "7. Export the labels as CSV (Ctrl+E) or another format (Project > Export labels as). Projects are "
+            "saved automatically.")))
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About ProtoLabel", f"ProtoLabel {__version__}\nLabel images from a few examples, "
