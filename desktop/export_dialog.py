@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from core import LINK_MODES, ExportError, label_export_settings, label_format_layout, label_format_options
 
-from .path_dialog import ERROR_STYLE, Avoid, PathField, check_output, make_output
+from .path_dialog import Avoid, InlineError, PathField, check_output, make_output
 
 FORMAT_NAMES = {"csv": "CSV", "json": "JSON", "imagefolder": "image folders (one per class)",
                 "yolo-cls": "YOLO classification (train/val)", "labelstudio": "Label Studio tasks"}
@@ -154,9 +154,7 @@ class ExportDialog(QDialog):
         self.overwrite = QCheckBox("Replace an earlier export there (other files in the folder are kept)"
                                    if self.folder else "Replace the file if it exists")
         self.overwrite.toggled.connect(self._on_path_field_text_changed)
-        self.error = QLabel(wordWrap=True)
-        self.error.setStyleSheet(ERROR_STYLE)
-        self.error.hide()
+        self.error = InlineError()
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Export")
         self.buttons.accepted.connect(self.accept)
@@ -240,12 +238,10 @@ class ExportDialog(QDialog):
         self.error.hide()
 
     def error_text(self) -> str:
-        return self.error.text() if not self.error.isHidden() else ""
+        return self.error.said()
 
     def _refuse(self, text: str) -> None:
-        self.error.setText(text)
-        self.error.show()
-        self.adjustSize()  # room for the message's lines
+        self.error.say(text)
 
     def accept(self) -> None:
         path = self.path_field.path()

@@ -28,6 +28,23 @@ from PySide6.QtWidgets import (
 APP_FOLDER = "ProtoLabel"  # under Documents: projects, and exports/ for exports
 ERROR_STYLE = "color: #c62828;"
 
+
+class InlineError(QLabel):
+    """A dialog's red line saying why OK did nothing; hidden until there is something to say."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, wordWrap=True)
+        self.setStyleSheet(ERROR_STYLE)
+        self.hide()
+
+    def say(self, text: str) -> None:
+        self.setText(text)
+        self.show()
+        self.window().adjustSize()  # room for the message's lines
+
+    def said(self) -> str:
+        return self.text() if not self.isHidden() else ""
+
 # (folder, what the person calls it) that outputs must stay out of, e.g. (labeled, "the labeled image folder")
 Avoid = Sequence[tuple[Path, str]]
 
@@ -213,9 +230,7 @@ class PathDialog(QDialog):
         where = "A folder that doesn't exist yet is made for you" if mode == "folder" else "Missing folders are made"
         self.hint = QLabel(f"{where}; a name alone goes in {default.parent}.", wordWrap=True)
         self.hint.setEnabled(False)
-        self.error = QLabel(wordWrap=True)
-        self.error.setStyleSheet(ERROR_STYLE)
-        self.error.hide()
+        self.error = InlineError()
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText(ok_text)
         self.buttons.accepted.connect(self.accept)
@@ -229,12 +244,10 @@ class PathDialog(QDialog):
         self.field.edit.setFocus()
 
     def error_text(self) -> str:
-        return self.error.text() if not self.error.isHidden() else ""
+        return self.error.said()
 
     def _refuse(self, text: str) -> None:
-        self.error.setText(text)
-        self.error.show()
-        self.adjustSize()  # room for the message's lines
+        self.error.say(text)
         self.field.edit.setFocus()
 
     def _on_field_text_changed(self, _text: str) -> None:
