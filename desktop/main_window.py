@@ -829,13 +829,22 @@ class MainWindow(QMainWindow):
             folder = label_format_layout(fmt) == "folder"
             default = self._output_default("export", keep_out, f"{self._project_name()}-{fmt}",
                                            folder=folder, suffix="" if folder else FILE_SUFFIXES.get(fmt, ""))
+            labeled = [f for f, what in keep_out if what == "the labeled image folder"]
+            if fmt == "labelstudio" and labeled:
+                # Label Studio serves one storage folder that holds the images and the tasks file (core.export):
+                # the tasks go beside the labeled folder unless the person chose another place before.
+                from .path_dialog import default_output
+
+                default = default_output(f"{self._project_name()}-labelstudio",
+                                         [self.settings.value("output_dir/labelstudio", "", str) or None,
+                                          labeled[0].parent], keep_out, folder=False, suffix=".json")
             dialog = ExportDialog(fmt, default, settings=self.settings, avoid=keep_out, parent=self)
             accepted = bool(dialog.exec())
             path, settings = dialog.chosen, dialog.settings
             dialog.deleteLater()
             if not accepted or not path:
                 return
-        self._remember_output("export", path)
+        self._remember_output("labelstudio" if fmt == "labelstudio" else "export", path)
         self.engine.export_labels(fmt, path, **settings)
 
     def export_model(self, fmt: str, path: str | None = None) -> None:

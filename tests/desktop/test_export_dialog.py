@@ -324,3 +324,16 @@ def test_the_defaults_are_what_the_writers_did_without_the_flags():
         params = inspect.signature(_FORMATS[fmt].write).parameters
         for option in label_format_options(fmt):
             assert label_export_settings(fmt)[option] == params[option].default, (fmt, option)
+
+    # Label Studio with the dialog's defaults: the tasks go beside the labeled folder, so the images and the
+    # tasks file share one storage folder and the export needs nothing more (core.export decides the rest).
+    monkeypatch.setattr(window.engine, "export_labels", real)
+    studio = answer(monkeypatch, ExportDialog, lambda d: None)
+    with qtbot.waitSignal(window.engine.jobFinished, timeout=60_000, check_params_cb=lambda job, _t: job == "export"):
+        window.export_labels("labelstudio")
+    tasks = studio[0].path_field.path()
+    assert tasks.parent == query.parent and tasks.suffix == ".json", tasks
+    assert tasks.is_file() and tasks.with_name(tasks.stem + ".local_storage.json").is_file(), window.messages
+    setup = json.loads(tasks.with_name(tasks.stem + ".local_storage.json").read_text())
+    assert setup["local_storage"]["path"] == str(query.parent.resolve())
+    assert not any(level == "error" for level, _ in window.messages), window.messages
