@@ -823,7 +823,7 @@ class ClassPanel(QWidget):
         if count and self.confirm_removals:
             answer = QMessageBox.question(
                 self, "Remove class",
-                f"Remove the class “{name}” and its {_count_text(count)}?",
+                f"Remove the class “{name}” and its {_count_text(count)}? (Edit > Undo brings them back.)",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
                 QMessageBox.StandardButton.Cancel)
             if answer != QMessageBox.StandardButton.Yes:

@@ -45,6 +45,7 @@ class InlineError(QLabel):
     def said(self) -> str:
         return self.text() if not self.isHidden() else ""
 
+
 # (folder, what the person calls it) that outputs must stay out of, e.g. (labeled, "the labeled image folder")
 Avoid = Sequence[tuple[Path, str]]
 
