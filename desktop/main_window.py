@@ -172,11 +172,30 @@ class TaskBar(QWidget):
 
 
 class _ChangeCommand(QUndoCommand):
-    """An engine Change on Qt's undo stack. It has already happened when pushed: the first redo does nothing."""
+    """An engine Change on Qt's undo stack. It has already happened when pushed: the first redo does nothing.
+    Captures into one class less than BURST_MERGE_S apart (holding a key or button) are one step."""
+
+    BURST_MERGE_S = 1.5
 
     def __init__(self, engine: Engine, change: Change) -> None:
         super().__init__(change.text)
         self.engine, self.change, self._pushed = engine, change, True
+        self._time = time.monotonic()
+        self._captures = 1
+
+    def id(self) -> int:
+        return 1 if self.change.text.startswith("Add an example to") else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:
+        if (not isinstance(other, _ChangeCommand) or other.change.text != self.change.text or other.change.labels
+                or other.change.before.generation != self.change.after.generation
+                or other._time - self._time > self.BURST_MERGE_S):
+            return False
+        self.change = Change(self.change.text, self.change.before, other.change.after, self.change.root, {})
+        self._time = other._time
+        self._captures += 1
+        self.setText(self.change.text.replace("Add an example", f"Add {self._captures} examples"))
+        return True
 
     def redo(self) -> None:
         if self._pushed:

@@ -165,3 +165,18 @@ def test_ctrl_z_in_the_window_undoes_and_ctrl_shift_z_redoes(qtbot, make_window)
 
 def QKeySequenceText(action) -> set[str]:
     return {s.toString() for s in action.shortcuts()}
+
+
+def test_a_burst_of_captures_is_one_undo_step(qtbot, make_window):
+    w = make_window()
+    qtbot.waitUntil(lambda: w.model_ready, timeout=30_000)
+    w.engine.add_class("b")
+    for seed in range(3):  # what holding a key does: captures a fifth of a second apart
+        w.engine.capture("a", _frame("circle", seed))
+    qtbot.waitUntil(lambda: sum(c.count for c in w.snapshot.classes) == 3, timeout=10_000)
+    qtbot.waitUntil(lambda: w.undo_stack.count() == 2, timeout=10_000)
+    assert w.undo_stack.undoText() == "Add 3 examples to 'a'"
+    w.act_undo.trigger()
+    qtbot.waitUntil(lambda: [c.name for c in w.snapshot.classes] == ["b"], timeout=10_000)
+    w.act_redo.trigger()
+    qtbot.waitUntil(lambda: sum(c.count for c in w.snapshot.classes) == 3, timeout=10_000)
