@@ -313,6 +313,20 @@ def test_the_window_saves_and_exports_where_the_person_types(qtbot, make_window,
     assert (manifest.get("val_split"), manifest.get("seed")) == (0.5, 3), manifest
     assert sum(1 for _ in out.rglob("*.png")) == 6 + 4  # the folder's six labels and the four examples
 
+    # Label Studio with the dialog's defaults: the tasks go beside the labeled folder, so the images and the
+    # tasks file share one storage folder and the export needs nothing more (core.export decides the rest).
+    monkeypatch.setattr(window.engine, "export_labels", real)
+    chosen: list[Path] = []
+    answer(monkeypatch, ExportDialog, lambda d: chosen.append(d.path_field.path()))  # OK with the defaults
+    with qtbot.waitSignal(window.engine.jobFinished, timeout=60_000, check_params_cb=lambda job, _t: job == "export"):
+        window.export_labels("labelstudio")
+    tasks = chosen[0]
+    assert tasks.parent == query.parent and tasks.suffix == ".json", tasks
+    assert tasks.is_file() and tasks.with_name(tasks.stem + ".local_storage.json").is_file(), window.messages
+    setup = json.loads(tasks.with_name(tasks.stem + ".local_storage.json").read_text())
+    assert setup["local_storage"]["path"] == str(query.parent.resolve())
+    assert not any(level == "error" for level, _ in window.messages), window.messages
+
 
 def test_the_defaults_are_what_the_writers_did_without_the_flags():
     """Before the shared defaults, the command line passed None and each writer's own default applied."""
@@ -324,16 +338,3 @@ def test_the_defaults_are_what_the_writers_did_without_the_flags():
         params = inspect.signature(_FORMATS[fmt].write).parameters
         for option in label_format_options(fmt):
             assert label_export_settings(fmt)[option] == params[option].default, (fmt, option)
-
-    # Label Studio with the dialog's defaults: the tasks go beside the labeled folder, so the images and the
-    # tasks file share one storage folder and the export needs nothing more (core.export decides the rest).
-    monkeypatch.setattr(window.engine, "export_labels", real)
-    studio = answer(monkeypatch, ExportDialog, lambda d: None)
-    with qtbot.waitSignal(window.engine.jobFinished, timeout=60_000, check_params_cb=lambda job, _t: job == "export"):
-        window.export_labels("labelstudio")
-    tasks = studio[0].path_field.path()
-    assert tasks.parent == query.parent and tasks.suffix == ".json", tasks
-    assert tasks.is_file() and tasks.with_name(tasks.stem + ".local_storage.json").is_file(), window.messages
-    setup = json.loads(tasks.with_name(tasks.stem + ".local_storage.json").read_text())
-    assert setup["local_storage"]["path"] == str(query.parent.resolve())
-    assert not any(level == "error" for level, _ in window.messages), window.messages
