@@ -35,7 +35,14 @@ def test_runtime_features_match_pytorch(backbone, tmp_path, monkeypatch):
     assert m_ort.shape == m_torch.shape and m_ort.dtype == torch.float16
     assert float(F.cosine_similarity(m_ort.float().flatten(1), m_torch.float().flatten(1)).min()) >= 0.9999
     files = list((tmp_path / "runtime").glob("*.onnx"))
-    assert [f.name for f in files] == [f"{ort_side.model_key()}-{ort_side.config.size}.onnx"]
+    stem = f"{ort_side.model_key()}-{ort_side.config.size}"
+    assert [f.name for f in files] == [f"{stem}.onnx"]  # a folder's batch: the trunk's graph, PyTorch's tail
+    # A live frame (a small batch): the trunk and the backbone's own tail in one graph, the same features.
+    f_one, m_one = ort_side.embed_tensor(x[:2], with_maps=True)
+    assert float(F.cosine_similarity(f_one, f_torch[:2]).min()) >= 0.9999
+    assert float(F.cosine_similarity(m_one.float().flatten(1), m_torch[:2].float().flatten(1)).min()) >= 0.9999
+    assert sorted(f.name for f in (tmp_path / "runtime").glob("*.onnx")) == [f"{stem}-features.onnx", f"{stem}.onnx"]
+    assert ort_side._trunk_runner(True).has_features and not ort_side._trunk_runner().has_features
     # A second embedder opens the cached file instead of exporting again.
     again = Embedder(backbone, "cpu", runtime="auto")
     again.embed_tensor(x[:1])
