@@ -48,7 +48,7 @@ from core.device import keep_freed_memory  # noqa: E402
 from core.runs import finish  # noqa: E402
 
 keep_freed_memory()
-from core.device import autocast, peak_memory_mb  # noqa: E402
+from core.device import peak_memory_mb  # noqa: E402
 FIXED_LR = 3e-4  # times the final phase on all 25 examples (auto may keep lr 0 and train nothing)
 
 SCHEMA_VERSION = 1
@@ -395,13 +395,13 @@ def prepared_input(embedder: core.Embedder, images: list[np.ndarray]) -> torch.T
 
 
 def bare_forward(embedder: core.Embedder, x: torch.Tensor) -> float:
-    """Seconds for one network forward on a prepared tensor (the trunk on the Embedder's runtime, then the tail),
-    inference mode, the Embedder's autocast."""
+    """Seconds for one network forward on a prepared tensor, as the app runs it (Embedder.embed_tensor: on the
+    CPU a small batch runs trunk and tail in the runtime's one graph, a folder's batch the trunk there and the
+    tail in PyTorch), features only."""
     device = embedder.device
     sync(device)
     t0 = time.perf_counter()
-    with torch.inference_mode(), autocast(device):
-        embedder.backbone.forward_tail(embedder.forward_trunk(x, device))
+    embedder.embed_tensor(x)
     sync(device)
     return time.perf_counter() - t0
 

@@ -3,8 +3,9 @@
 The trunk (stem + the stages fine-tuning never touches) is exported once per model and input size to
 ``<cache>/runtime/<model key>-<size>.onnx`` (the embedding caches' folder; PROTOLABEL_CACHE moves it), checked
 against PyTorch when made and when opened (a file that disagrees or doesn't load is made again, never trusted),
-and run by ONNX Runtime with all graph optimisations and as many threads as torch uses. The tail (what
-fine-tuning adapts) stays in PyTorch, as do training and CUDA.
+and run by ONNX Runtime with all graph optimisations and as many threads as torch uses. A second graph,
+``<model key>-<size>-features.onnx``, runs the trunk and the backbone's own tail for small batches (live frames;
+``Embedder.embed_tensor``). A fine-tuned tail runs in PyTorch from the trunk's maps, as do training and CUDA.
 
 ``runtime``: "auto" (ONNX Runtime on the CPU when it is installed and works, else PyTorch with one log line),
 "onnxruntime" (the same, but the fallback is logged as a warning), "int8" (the trunk statically quantized by ONNX
