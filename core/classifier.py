@@ -180,10 +180,8 @@ class FewShotClassifier:
         for ex, class_name in checkpoint.examples:
             ex.class_name = class_name  # moves and renames change it in place
             self.examples[ex.id] = ex
-        if checkpoint.tail is not self.adapted_tail and self.examples:
-            exs = list(self.examples.values())
-            for e, f in zip(exs, self.features_from_maps(torch.stack([e.map for e in exs]))):
-                e.feature = f
+        if checkpoint.tail is not self.adapted_tail:
+            self._refeature()
         self._changed()
 
     # ------------------------------------------------------------------ embedding
@@ -361,13 +359,15 @@ class FewShotClassifier:
             self.adapted_tail = None
         else:
             self.adapted_tail = adapted_tail(self.embedder.backbone, state)
-        # Re-derive every support feature from its cached trunk map through the current tail.
+        self._refeature()
+        self._changed()
+
+    def _refeature(self) -> None:
+        """Re-derive every support feature from its cached trunk map through the current tail."""
         exs = list(self.examples.values())
         if exs:
-            feats = self.features_from_maps(torch.stack([e.map for e in exs]))
-            for e, f in zip(exs, feats):
+            for e, f in zip(exs, self.features_from_maps(torch.stack([e.map for e in exs]))):
                 e.feature = f
-        self._changed()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

@@ -391,17 +391,7 @@ def iter_export(labelset: LabelSet, fmt: str, out: str | os.PathLike, *, overwri
     Options: link (copy|hardlink|symlink; imagefolder, yolo-cls), val_split and seed (yolo-cls),
     document_root (labelstudio). `report.out` is the file or folder written: a format with a
     suffix gets it appended (labelstudio: "tasks" -> "tasks.json")."""
-    spec = _FORMATS.get(fmt)
-    if spec is None:
-        raise ExportError(f"unknown label format '{fmt}'; choose one of {', '.join(_FORMATS)}")
-    wrong = sorted(k for k, v in options.items() if v is not None and k not in spec.options)
-    if wrong:
-        raise ExportError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to --format {fmt}")
-    options = {k: v for k, v in options.items() if v is not None}
-    if "link" in options and options["link"] not in LINK_MODES:
-        raise ExportError(f"--link must be one of {', '.join(LINK_MODES)}, got '{options['link']}'")
-    if "val_split" in options and not 0.0 < options["val_split"] < 1.0:
-        raise ExportError(f"--val-split must be between 0 and 1 (exclusive), got {options['val_split']}")
+    spec, options = _checked_options(fmt, options)
     out = Path(out)
     if spec.suffix and not out.name.lower().endswith(spec.suffix):
         if out.is_dir():
@@ -470,6 +460,21 @@ def _format_spec(fmt: str) -> _Format:
     return spec
 
 
+def _checked_options(fmt: str, options: dict) -> tuple[_Format, dict]:
+    """-> (fmt's registration, the options that are set). ExportError, worded as the command line's flags, for
+    an option fmt doesn't take or a value out of range."""
+    spec = _format_spec(fmt)
+    wrong = sorted(k for k, v in options.items() if v is not None and k not in spec.options)
+    if wrong:
+        raise ExportError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to --format {fmt}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if "link" in options and options["link"] not in LINK_MODES:
+        raise ExportError(f"--link must be one of {', '.join(LINK_MODES)}, got '{options['link']}'")
+    if "val_split" in options and not 0.0 < options["val_split"] < 1.0:
+        raise ExportError(f"--val-split must be between 0 and 1 (exclusive), got {options['val_split']}")
+    return spec, options
+
+
 def label_format_options(fmt: str) -> tuple[str, ...]:
     """The options `fmt` takes besides the filters and overwrite, e.g. ("link", "val_split", "seed")."""
     return _format_spec(fmt).options
@@ -488,19 +493,13 @@ def label_export_settings(fmt: str, **given) -> dict:
     unknown = sorted(set(given) - set(LABEL_EXPORT_DEFAULTS))
     if unknown:
         raise TypeError(f"unknown export setting(s): {', '.join(unknown)}")
-    wrong = sorted(k for k in LABEL_OPTION_DEFAULTS if given.get(k) is not None and k not in options)
-    if wrong:
-        raise ExportError(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to --format {fmt}")
+    _checked_options(fmt, {k: given.get(k) for k in LABEL_OPTION_DEFAULTS})
     names = [*LABEL_FILTER_DEFAULTS, "overwrite", *(k for k in LABEL_OPTION_DEFAULTS if k in options),
              *(k for k in options if k not in LABEL_OPTION_DEFAULTS)]
     settings = {k: given[k] if given.get(k) is not None else LABEL_EXPORT_DEFAULTS.get(k) for k in names}
     low = settings["min_confidence"]
     if low is not None and not 0.0 <= low <= 1.0:
         raise ExportError(f"--min-confidence must be between 0 and 1, got {low}")
-    if "link" in settings and settings["link"] not in LINK_MODES:
-        raise ExportError(f"--link must be one of {', '.join(LINK_MODES)}, got '{settings['link']}'")
-    if "val_split" in settings and not 0.0 < settings["val_split"] < 1.0:
-        raise ExportError(f"--val-split must be between 0 and 1 (exclusive), got {settings['val_split']}")
     return settings
 
 

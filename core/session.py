@@ -501,10 +501,12 @@ class LabelingSession:
         sim = float(self.similarity[i]) if bool(self.predicted[i]) else 0.0
         return Prediction(label, 1.0, [(label, 1.0)], sim, None if label == UNKNOWN_LABEL else label)
 
-    def records(self, topk: int = 3) -> list[LabelRecord]:
-        """Every labeled image in path order: the person's labels ("confirmed"), then the model's ("predicted")."""
+    def records(self, topk: int = 3, paths: Sequence[str] | None = None) -> list[LabelRecord]:
+        """Every labeled image in path order (or only those of `paths` in the folder, in that order): the
+        person's labels ("confirmed"), then the model's ("predicted")."""
         out = []
-        for i, p in enumerate(self.paths):
+        rows = ((self.row[p], p) for p in paths if p in self.row) if paths is not None else enumerate(self.paths)
+        for i, p in rows:
             if p in self.confirmed:
                 out.append(LabelRecord(p, self.confirmed_prediction(p), "confirmed"))
             elif bool(self.predicted[i]):

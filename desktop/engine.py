@@ -345,7 +345,7 @@ class Engine(QObject):
     def _store_labels_of(self, paths: Sequence[str]) -> None:
         """labels.sqlite row of each path as the session shows it now: confirmed, predicted, or none."""
         f = self.session
-        shown = {r.path: r for r in f.records() if r.path in set(paths)}
+        shown = {r.path: r for r in f.records(paths=paths)}
         store_labels(self.project_folder, [(r.path, r.prediction, r.source) for r in shown.values()], f.root)
         forget_labels(self.project_folder, [p for p in paths if p not in shown], f.root)
 
@@ -437,7 +437,7 @@ class Engine(QObject):
         self.classifier.rename_class(old, new.strip())
         if self.session is not None:
             self.session.rename_class(old, new.strip())
-            self._store_confirmed([p for p, c in self.session.confirmed.items() if c == new.strip()])
+            self._store_labels_of([p for p, c in self.session.confirmed.items() if c == new.strip()])
         return ""
 
     def remove_class(self, name: str) -> None:
@@ -760,7 +760,7 @@ class Engine(QObject):
                     self.message.emit("warning", exc.reason if hasattr(exc, "reason") else str(exc))
         if learn_images:
             self.classifier.add_examples(class_name, learn_images, learn_paths)
-        self._store_confirmed(took)
+        self._store_labels_of(took)
         self._refresh_folder()
         return (f"{len(took)} image(s) labeled '{class_name}'"
                 + (f"; {len(learn_images)} correction(s) added as examples" if learn_images else ""))
@@ -777,7 +777,7 @@ class Engine(QObject):
         rejected = set(took)
         for e in [e for e in self.classifier.examples.values() if e.source in rejected]:
             self.classifier.remove_example(e.id)  # an example of a class that the person now says it is not
-        self._store_confirmed(took)
+        self._store_labels_of(took)
         self._refresh_folder()
         return f"{len(took)} image(s) marked 'none of these classes'"
 
@@ -789,7 +789,7 @@ class Engine(QObject):
         if f is None:
             return ""
         took = f.accept(paths)
-        self._store_confirmed(took)
+        self._store_labels_of(took)
         self._refresh_folder()
         left = len(paths) - len(took)
         return f"{len(took)} label(s) accepted" + (f"; {left} already confirmed or not labeled yet left as they are" if left else "")
@@ -803,7 +803,7 @@ class Engine(QObject):
             return ""
         preview = f.preview_accept_above(threshold)
         took = f.accept_above(threshold)
-        self._store_confirmed(took)
+        self._store_labels_of(took)
         self._refresh_folder()
         return (f"{len(took)} label(s) with confidence ≥ {threshold:.2f} accepted "
                 f"(about {preview.expected_wrong:.0f} of them expected wrong)")
@@ -831,11 +831,6 @@ class Engine(QObject):
         image = load_image(path)
         self.frames.put(Frame(image, 0, time.monotonic(), path))
         return ""
-
-    def _store_confirmed(self, paths: Sequence[str]) -> None:
-        f = self.session
-        rows = [(p, f.confirmed_prediction(p), "confirmed") for p in paths if p in f.confirmed]
-        store_labels(self.project_folder, rows, f.root)
 
     def _store_predictions(self) -> None:
         f = self.session

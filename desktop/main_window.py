@@ -846,24 +846,15 @@ class MainWindow(QMainWindow):
 
             keep_out = self._keep_out()
             folder = label_format_layout(fmt) == "folder"
-            default = self._output_default("export", keep_out, f"{self._project_name()}-{fmt}",
+            default = self._output_default(_output_kind(fmt), keep_out, f"{self._project_name()}-{fmt}",
                                            folder=folder, suffix="" if folder else FILE_SUFFIXES.get(fmt, ""))
-            labeled = [f for f, what in keep_out if what == "the labeled image folder"]
-            if fmt == "labelstudio" and labeled:
-                # Label Studio serves one storage folder that holds the images and the tasks file (core.export):
-                # the tasks go beside the labeled folder unless the person chose another place before.
-                from .path_dialog import default_output
-
-                default = default_output(f"{self._project_name()}-labelstudio",
-                                         [self.settings.value("output_dir/labelstudio", "", str) or None,
-                                          labeled[0].parent], keep_out, folder=False, suffix=".json")
             dialog = ExportDialog(fmt, default, settings=self.settings, avoid=keep_out, parent=self)
             accepted = bool(dialog.exec())
             path, settings = dialog.chosen, dialog.settings
             dialog.deleteLater()
             if not accepted or not path:
                 return
-        self._remember_output("labelstudio" if fmt == "labelstudio" else "export", path)
+        self._remember_output(_output_kind(fmt), path)
         self.engine.export_labels(fmt, path, **settings)
 
     def export_model(self, fmt: str, path: str | None = None) -> None:
@@ -927,13 +918,19 @@ class MainWindow(QMainWindow):
                         folder: bool = True, suffix: str = "") -> Path:
         """A new path for a project (kind "project": Documents/ProtoLabel/<name>) or an export ("export":
         Documents/ProtoLabel/exports/<name>), or where the last one of its kind went, or beside the project;
-        never inside `keep_out`."""
+        Label Studio tasks ("labelstudio") beside the labeled folder; never inside `keep_out`."""
         from .path_dialog import default_output, documents_folder
 
         docs = documents_folder()
         saved = Path(self.project_folder).parent if self.project_folder and not self.project_unsaved else None
-        parents = [self.settings.value(f"output_dir/{kind}", "", str) or None,
-                   docs if kind == "project" else docs / "exports", saved]
+        labeled = [f for f, what in keep_out if what == "the labeled image folder"]
+        if kind == "labelstudio" and labeled:
+            # Label Studio serves one storage folder that holds the images and the tasks file (core.export):
+            # the tasks go beside the labeled folder unless the person chose another place before.
+            parents = [self.settings.value("output_dir/labelstudio", "", str) or None, labeled[0].parent]
+        else:
+            parents = [self.settings.value(f"output_dir/{'project' if kind == 'project' else 'export'}", "", str)
+                       or None, docs if kind == "project" else docs / "exports", saved]
         return default_output(name or self._project_name(), parents, keep_out, folder=folder, suffix=suffix)
 
     def _remember_output(self, kind: str, path: str) -> None:
@@ -986,6 +983,11 @@ class MainWindow(QMainWindow):
         self.engine.shutdown()
         self.folder_view.shutdown()
         self.settings.sync()
+
+
+def _output_kind(fmt: str) -> str:
+    """Where an export's default goes (MainWindow._output_default): Label Studio's beside the labeled folder."""
+    return "labelstudio" if fmt == "labelstudio" else "export"
 
 
 def _rate(times: list[float], window: int = 30) -> float:

@@ -146,8 +146,16 @@ class MessagesDialog(QDialog):
         lay.addWidget(self.tree)
         lay.addWidget(buttons)
         self.resize(720, 360)
-        log.changed.connect(self.refresh)
+        log.changed.connect(self._on_log_changed)
         self.refresh()
+
+    def _on_log_changed(self) -> None:
+        if self.isVisible():  # a hidden list is rebuilt when it is shown
+            self.refresh()
+
+    def showEvent(self, event) -> None:
+        self.refresh()
+        super().showEvent(event)
 
     def refresh(self) -> None:
         self.tree.clear()
