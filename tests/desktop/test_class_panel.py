@@ -1,8 +1,6 @@
 """ClassPanel: renders ModelSnapshots as class cards and emits intents; keeps no model state."""
 from __future__ import annotations
 
-import gc
-import time
 from pathlib import Path
 
 import numpy as np
@@ -331,23 +329,23 @@ def test_highlight_and_recording_follow_the_latest_call(panel):
     assert panel.card("bird").is_highlighted()
 
 
-def test_one_more_example_costs_a_fraction_of_the_whole_panel(panel):
-    """A burst adds an example five times a second: the next snapshot reuses every thumbnail it already shows,
-    so it costs a small fraction of building the panel (timed in the same test; measured ~1/50)."""
+def test_one_more_example_costs_a_fraction_of_the_whole_panel(panel, monkeypatch):
+    """A burst adds an example five times a second: the next snapshot reuses every thumbnail and list item it
+    already shows and makes one new one. Counted, not timed: a ratio of two timings in this test (measured
+    ~1/50) once came out 10 ms against 30 ms in a loaded fresh-clone run."""
+    made: list[str] = []
+    real = class_panel.thumbnail_pixmap
+    monkeypatch.setattr(class_panel, "thumbnail_pixmap", lambda image, *a, **k: (made.append("x"), real(image, *a, **k))[1])
     big = snapshot({f"class {i}": 40 for i in range(5)})
-    gc.collect()  # in the full suite a pending collection of earlier tests' objects once made this 690 ms
-    start = time.perf_counter()
     panel.set_snapshot(big)
-    whole = time.perf_counter() - start
-    assert sum(c.thumbnails.count() for c in panel.cards()) == 200
+    assert sum(c.thumbnails.count() for c in panel.cards()) == 200 and len(made) == 200
+    items = {e.id: panel.card(e.class_name).thumbnails.item_for(e.id) for e in big.examples}
 
     one_more = ModelSnapshot(generation=2, classes=big.classes,
                              examples=big.examples + (ExampleInfo("new", "class 0", thumbnail(7)),))
-    gc.collect()
-    start = time.perf_counter()
     panel.set_snapshot(one_more)
-    increment = time.perf_counter() - start
-    assert increment < 0.25 * whole, f"whole panel {whole * 1000:.0f} ms, one more example {increment * 1000:.0f} ms"
+    assert len(made) == 201  # one thumbnail drawn for the new example, none again
+    assert all(panel.card(e.class_name).thumbnails.item_for(e.id) is items[e.id] for e in big.examples)
     assert panel.card("class 0").example_ids()[0] == "new"
     assert sum(c.thumbnails.count() for c in panel.cards()) == 201
 
